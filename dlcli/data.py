@@ -1,0 +1,230 @@
+"""Data sources by name -> in-memory splits plus metadata (classes, input shape, normalisation).
+
+Real data (MNIST, Fashion-MNIST, CIFAR-10) is looked for under ``--data-dir``, then ``$DLCLI_DATA``, then
+``~/.cache/dlcli``, in torchvision's layout. Missing files are downloaded by torchvision when there is a
+network; when that fails the error is one sentence saying which files to put where.
+
+Small data sets are held as tensors (uint8 images, or float points) and batched by indexing, on the training
+device, so the input side never limits speed. ``in_memory: false`` keeps a classic ``DataLoader`` over the
+torchvision dataset for data that does not fit.
+
+The toy sources (``linear2d``, ``xor``, ``function1d``) are generated, as in the lecture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from dlcli.errors import DlcliError
+from dlcli.registry import Registry
+
+DATASETS: Registry[Callable[..., "DataBundle"]] = Registry("data source")
+register_dataset = DATASETS.register
+
+
+@dataclass
+class Split:
+    """One split held as tensors. Images: uint8 (N, C, H, W) in 0..255; points: float (N, D)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class DataBundle:
+    kind: str  # "images" | "points"
+    train: Split | None
+    val: Split | None
+    test: Split | None
+    num_classes: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()  # of one sample, e.g. (1, 28, 28)
+    mean: tuple[float, ...] = ()  # per channel, of pixels in [0, 1]
+    std: tuple[float, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # source-specific (e.g. the target function)
+    train_dataset: Dataset | None = None  # the DataLoader path (in_memory: false)
+
+
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``--data-dir``, then ``$DLCLI_DATA``, then ``~/.cache/dlcli``."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("DLCLI_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlcli"
+
+
+def load_data(source: str, args: dict[str, Any], data_dir: str | os.PathLike[str] | None, seed: int) -> DataBundle:
+    builder = DATASETS.get(source)
+    return builder(data_root(data_dir), seed, **args)
+
+
+def images_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 0..1 (a float input passes through)."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+# ------------------------------------------------------------------------------------------- toy data
+
+
+@register_dataset("linear2d", summary="generated: two linearly separable 2-D classes with a margin")
+def linear2d(root: Path, seed: int, *, n: int = 100, margin: float = 0.1) -> DataBundle:
+    """Points in [-1, 1]^2 labelled by a random line through the square, with a gap of ``margin`` on each side."""
+    g = torch.Generator().manual_seed(seed)
+    angle = torch.rand((), generator=g) * 2 * math.pi
+    w = torch.stack([torch.cos(angle), torch.sin(angle)])  # unit normal of the true line
+    b = (torch.rand((), generator=g) - 0.5) * 0.5
+    pts = []
+    while sum(len(p) for p in pts) < n:
+        cand = torch.rand(4 * n, 2, generator=g) * 2 - 1
+        dist = cand @ w + b
+        pts.append(cand[dist.abs() >= margin])
+    x = torch.cat(pts)[:n]
+    y = torch.where(x @ w + b > 0, 1, -1)
+    split = Split(x, y)
+    return DataBundle("points", split, None, split, num_classes=2, class_names=["-1", "+1"], input_shape=(2,),
+                      extra={"true_w": w.tolist(), "true_b": float(b), "margin": margin})
+
+
+@register_dataset("xor", summary="generated: the four XOR points, labels -1/+1")
+def xor(root: Path, seed: int) -> DataBundle:
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([-1, 1, 1, -1])
+    split = Split(x, y)
+    return DataBundle("points", split, None, split, num_classes=2, class_names=["-1", "+1"], input_shape=(2,))
+
+
+FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sin_mix": lambda x: torch.sin(2 * math.pi * x) + 0.5 * torch.sin(6 * math.pi * x),
+    "sin": lambda x: torch.sin(2 * math.pi * x),
+    "abs": lambda x: (2 * x - 1).abs(),
+    "gauss_bumps": lambda x: torch.exp(-((x - 0.3) ** 2) / 0.005) - 0.7 * torch.exp(-((x - 0.7) ** 2) / 0.01),
+}
+
+
+@register_dataset("function1d", summary="generated: samples of a continuous function on [0, 1]")
+def function1d(root: Path, seed: int, *, fn: str = "sin_mix", n_train: int = 512, n_grid: int = 4001) -> DataBundle:
+    """Training points drawn uniformly from [0, 1]; the test split is a dense, evenly spaced grid."""
+    if fn not in FUNCTIONS:
+        raise DlcliError(f"data.args.fn: unknown function {fn!r}; valid names: {', '.join(FUNCTIONS)}")
+    if n_train < 2 or n_grid < 2:
+        raise DlcliError("data.args.n_train and n_grid must be at least 2")
+    f = FUNCTIONS[fn]
+    g = torch.Generator().manual_seed(seed)
+    xt = torch.rand(n_train, 1, generator=g)
+    xg = torch.linspace(0, 1, n_grid).unsqueeze(1)
+    return DataBundle("points", Split(xt, f(xt)), None, Split(xg, f(xg)), input_shape=(1,), extra={"fn": fn})
+
+
+# ------------------------------------------------------------------------------------------- real data
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _torchvision_dataset(cls_name: str, folder: str, root: Path, train: bool) -> Any:
+    """Open a torchvision dataset, downloading when missing; offline -> one clear sentence."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    try:
+        return cls(root=str(root), train=train, download=False)
+    except RuntimeError:
+        pass  # not there yet: try the real download below
+    try:
+        # torchvision prints download progress on stdout; keep stdout clean for --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            return cls(root=str(root), train=train, download=True)
+    except Exception as e:
+        raw = root / folder / "raw"
+        raise DlcliError(
+            f"{folder} not found under {root} and the download failed ({type(e).__name__}); put the files "
+            f"{', '.join(_MNIST_FILES)} in {raw}, or point --data-dir or DLCLI_DATA at a folder that has "
+            f"{folder}/raw/"
+        ) from e
+
+
+def _val_split(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int) -> tuple[Split, Split | None]:
+    """Hold out ``val_size`` random training examples (a fixed permutation of ``seed``) for validation."""
+    if val_size < 0 or val_size >= len(x):
+        raise DlcliError(f"data.args.val_size must be in [0, {len(x) - 1}], got {val_size}")
+    if val_size == 0:
+        return Split(x, y), None
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
+    val, train = perm[:val_size], perm[val_size:]
+    return Split(x[train], y[train]), Split(x[val], y[val])
+
+
+def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, in_memory: bool,
+                mean: float, std: float) -> DataBundle:
+    train_ds = _torchvision_dataset(source, folder, root, train=True)
+    test_ds = _torchvision_dataset(source, folder, root, train=False)
+    # torchvision keeps IDX data as uint8 tensors (N, 28, 28): use them directly, no PIL round trip.
+    x = train_ds.data.unsqueeze(1).contiguous()
+    y = train_ds.targets.long()
+    train, val = _val_split(x, y, val_size, seed)
+    test = Split(test_ds.data.unsqueeze(1).contiguous(), test_ds.targets.long())
+    bundle = DataBundle("images", train, val, test, num_classes=len(train_ds.classes),
+                        class_names=[c.split(" - ")[-1] for c in train_ds.classes], input_shape=(1, 28, 28),
+                        mean=(mean,), std=(std,))
+    if not in_memory:
+        from torchvision import transforms
+
+        tds = _torchvision_dataset(source, folder, root, train=True)
+        tds.transform = transforms.PILToTensor()
+        bundle.train_dataset = torch.utils.data.Subset(tds, _train_indices(len(x), val_size, seed))
+    return bundle
+
+
+def _train_indices(n: int, val_size: int, seed: int) -> list[int]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_000 + seed))
+    return perm[val_size:].tolist()
+
+
+@register_dataset("mnist", summary="real: MNIST digits, 60k train + 10k test, 28x28 grey")
+def mnist(root: Path, seed: int, *, val_size: int = 5000, in_memory: bool = True,
+          mean: float = 0.1307, std: float = 0.3081) -> DataBundle:
+    return _idx_images("MNIST", "MNIST", root, seed, val_size, in_memory, mean, std)
+
+
+@register_dataset("fashion-mnist", summary="real: Fashion-MNIST clothing, 60k + 10k, 28x28 grey")
+def fashion_mnist(root: Path, seed: int, *, val_size: int = 5000, in_memory: bool = True,
+                  mean: float = 0.2860, std: float = 0.3530) -> DataBundle:
+    return _idx_images("FashionMNIST", "FashionMNIST", root, seed, val_size, in_memory, mean, std)
+
+
+@register_dataset("cifar10", summary="real: CIFAR-10, 50k + 10k, 32x32 colour (image folders of JPEGs)")
+def cifar10(root: Path, seed: int, *, val_size: int = 5000, folder: str = "cifar10-jpg") -> DataBundle:
+    """CIFAR-10 as ``<folder>/{train,test}/<class>/*.jpg`` (torchvision ImageFolder), decoded once to uint8."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    base = root / folder
+    if not (base / "train").is_dir() or not (base / "test").is_dir():
+        raise DlcliError(
+            f"CIFAR-10 not found: put the image folders train/<class>/*.jpg and test/<class>/*.jpg in {base}, "
+            "or point --data-dir or DLCLI_DATA at a folder that has cifar10-jpg/"
+        )
+
+    def load(split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        ds = ImageFolder(str(base / split))
+        imgs = torch.stack([decode_image(read_file(p), mode=ImageReadMode.RGB) for p, _ in ds.samples])
+        return imgs, torch.tensor(ds.targets), ds.classes
+
+    x, y, classes = load("train")
+    xt, yt, _ = load("test")
+    train, val = _val_split(x, y, val_size, seed)
+    return DataBundle("images", train, val, Split(xt, yt), num_classes=len(classes), class_names=classes,
+                      input_shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))

@@ -1,0 +1,22 @@
+"""Options shared by several commands, as ``Annotated`` aliases (one definition, one help text)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dlcli.config import recipe_names
+
+
+def complete_recipe(incomplete: str) -> list[str]:
+    return [n for n in recipe_names() if n.startswith(incomplete)]
+
+
+RecipeArg = Annotated[str, typer.Argument(help="Recipe name (see `dlcli list`) or path of a YAML file.",
+                                          autocompletion=complete_recipe, show_default=False)]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, then MPS, then CPU).")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Data root (else $DLCLI_DATA, else ~/.cache/dlcli).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16 | fp16 | tf32 (fp16/tf32 need CUDA).")]
