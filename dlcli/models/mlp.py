@@ -65,15 +65,25 @@ def mlp(
     out_features: int = 1,
     activation: str = "tanh",
     weights: str = "random",
+    slope: float = 10.0,
 ) -> TwoLayer:
-    """``weights: lecture`` sets the lecture's XOR solution (2 inputs, 2 hidden units, 1 output only)."""
+    """``weights``: ``random`` (PyTorch's default init), ``spread`` (each hidden unit's transition placed at
+    a uniformly random point of the unit cube, steepness ``slope``: the picture behind universal
+    approximation, and a much better start on [0, 1] than the default), or ``lecture`` (the lecture's XOR
+    solution; 2 inputs, 2 hidden units, 1 output only)."""
     if hidden < 1 or in_features < 1 or out_features < 1:
         raise ValueError("in_features, hidden and out_features must be >= 1")
     model = TwoLayer(in_features, hidden, out_features, activation)
-    if weights == "lecture":
+    if weights == "spread":
+        with torch.no_grad():
+            direction = torch.nn.functional.normalize(torch.randn(hidden, in_features), dim=1)  # (H, D)
+            centre = torch.rand(hidden, in_features)  # where each unit switches, (H, D)
+            model.hidden.weight.copy_(slope * direction)
+            model.hidden.bias.copy_(-(slope * direction * centre).sum(1))
+    elif weights == "lecture":
         if (in_features, hidden, out_features) != (2, 2, 1):
             raise ValueError("weights: lecture is the 2-2-1 XOR network; set in_features=2, hidden=2, out_features=1")
         lecture_xor_weights(model)
     elif weights != "random":
-        raise ValueError(f"weights must be 'random' or 'lecture', got {weights!r}")
+        raise ValueError(f"weights must be 'random', 'spread' or 'lecture', got {weights!r}")
     return model

@@ -65,7 +65,7 @@ class RegressTask(Task):
             self.optimizer.step()
             if self.scheduler is not None and self.scheduler.per_step:
                 self.scheduler.step()
-            value = float(loss)
+            value = float(loss.detach())
             self.loss_sum += value
             self.loss_count += 1
             yield {"loss": value}

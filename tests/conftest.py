@@ -1,0 +1,61 @@
+"""Shared fixtures: run the CLI in-process and capture what it prints; find the real data sets."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """``$DLCLI_DATA`` when set, else ``../shared/data`` beside the repository (as laid out for CI)."""
+    env = os.environ.get("DLCLI_DATA")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if (candidate / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("real MNIST not found (set DLCLI_DATA or lay out ../shared/data)")
+    return d
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``cli("train", "perceptron", "--json")`` runs ``dlcli`` in-process in a temporary working folder."""
+    from dlcli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DLCLI_DEBUG", raising=False)
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0) if not isinstance(e.code, str) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

@@ -1,0 +1,218 @@
+"""End-to-end runs of the command line on the lecture's first three models, and its bad-input messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlcli.checkpoint import load_checkpoint, save_checkpoint
+
+
+def one_line_error(res, fragment: str, code: int | None = None) -> None:
+    assert res.code != 0, res
+    if code is not None:
+        assert res.code == code, res
+    lines = [ln for ln in res.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.err
+    assert lines[0].startswith("error: ") and fragment in lines[0], res.err
+    assert "Traceback" not in res.err and res.out == ""
+
+
+def test_list_json_and_table_agree(cli) -> None:
+    res = cli("list", "--json")
+    assert res.code == 0
+    rows = {r["name"]: r for r in res.json()["recipes"]}
+    assert rows["perceptron"]["task"] == "perceptron" and rows["lenet"]["model"] == "lenet5"
+    table = cli("list")
+    for name in rows:
+        assert name in table.out
+
+
+def test_show_fills_defaults_and_counts_parameters(cli) -> None:
+    res = cli("show", "lenet", "--json")
+    assert res.json()["parameters"] == 61706
+    assert res.json()["recipe"]["optim"]["name"]
+    text = cli("show", "lenet").out
+    assert "61,706 parameters" in text and "batch_size:" in text and "eval_batch_size:" in text
+
+
+def test_perceptron_converges_within_novikoff_bound(cli) -> None:
+    res = cli("train", "perceptron", "--json")
+    assert res.code == 0, res.err
+    out = res.json()
+    final = out["final"]
+    assert final["converged"] == 1 and final["train_accuracy"] == 1.0
+    assert 0 < final["updates"] <= final["novikoff_bound"]
+    history = out["history"]
+    assert history[-1]["mistakes"] == 0 and all(h["mistakes"] > 0 for h in history[:-1])
+    assert sum(h["mistakes"] for h in history) == final["updates"]
+    run = Path(out["run_dir"])
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "curves.png", "decision.png"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "summary.json").read_text())["final"]["updates"] == final["updates"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(history)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_perceptron_bound_holds_on_other_data(cli, seed: int) -> None:
+    final = cli("train", "perceptron", "--seed", str(seed), "--set", "data.args.margin=0.05", "--json").json()["final"]
+    assert final["converged"] == 1 and final["updates"] <= final["novikoff_bound"]
+
+
+def test_max_margin_matches_a_known_case() -> None:
+    from dlcli.tasks.perceptron import max_margin
+
+    # Points (±1, 0) labelled by sign: the best separator through the origin of (x, y, 1) is x = 0,
+    # w* = (1, 0, 0), margin 1. Adding (±2, 1) keeps it.
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [2.0, 1.0], [-2.0, 1.0]])
+    d = torch.tensor([1, -1, 1, -1])
+    w, gamma = max_margin(x, d)
+    assert gamma == pytest.approx(1.0, abs=1e-3)
+    assert torch.allclose(w, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), atol=1e-3)
+
+
+def test_perceptron_cannot_learn_xor(cli) -> None:
+    final = cli("train", "perceptron-xor", "--json").json()["final"]
+    assert final["converged"] == 0 and final["linearly_separable"] == 0
+    assert final["train_correct"] <= 3 and final["novikoff_bound"] is None
+
+
+def test_mlp_solves_xor_and_eval_reproduces_it(cli) -> None:
+    res = cli("train", "mlp-xor", "--json")
+    out = res.json()
+    assert out["final"]["train_accuracy"] == 1.0
+    signs = [1 if v > 0 else -1 for v in out["final"]["outputs"]]
+    assert signs == [-1, 1, 1, -1]
+    ev = cli("eval", out["run_dir"], "--json")
+    assert ev.code == 0, ev.err
+    assert ev.json()["metrics"]["outputs"] == pytest.approx(out["final"]["outputs"], abs=1e-6)
+    assert Path(ev.json()["figures"][0]).is_file()
+    table = cli("eval", out["run_dir"]).out
+    assert "(1, 1)" in table and "train_accuracy" in table
+
+
+def test_lecture_xor_weights_give_the_lecture_outputs(cli) -> None:
+    out = cli("train", "mlp-xor-lecture", "--json").json()
+    assert out["final"]["outputs"] == [-1.0, 1.0, 1.0, -1.0]
+    assert cli("eval", out["run_dir"], "--json").json()["metrics"]["outputs"] == [-1.0, 1.0, 1.0, -1.0]
+
+
+def test_approximation_error_falls_with_training(cli) -> None:
+    short = cli("train", "approx", "--epochs", "1", "--set", "task_args.steps_per_epoch=20", "--json").json()
+    longer = cli("train", "approx", "--epochs", "3", "--set", "task_args.steps_per_epoch=400", "--json").json()
+    assert longer["final"]["max_abs_error"] < 0.1 < short["final"]["max_abs_error"]
+    assert longer["final"]["mean_abs_error"] < longer["final"]["max_abs_error"]
+    assert (Path(longer["run_dir"]) / "fit.png").is_file()
+
+
+def test_verify_exit_codes(cli) -> None:
+    ok = cli("verify", "mlp-xor-lecture", "--json")
+    assert ok.code == 0 and ok.json()["met"] is True
+    table = cli("verify", "perceptron")
+    assert table.code == 0 and "expectation met" in table.out
+
+
+def test_resume_continues_a_stopped_run(cli) -> None:
+    first = cli("train", "mlp-xor", "--epochs", "2", "--json").json()
+    more = cli("train", "--resume", first["run_dir"], "--epochs", "4", "--json")
+    assert more.code == 0, more.err
+    assert [h["epoch"] for h in more.json()["history"]] == [1, 2, 3, 4]
+    full = cli("train", "mlp-xor", "--epochs", "4", "--json").json()
+    assert more.json()["final"]["outputs"] == full["final"]["outputs"]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_recipe(cli) -> None:
+    one_line_error(cli("train", "lenet9"), "unknown recipe 'lenet9'; valid names: approx", code=2)
+
+
+def test_bad_yaml_file(cli, tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("model: [unclosed\n")
+    one_line_error(cli("train", str(p)), f"{p}: line 2", code=2)
+
+
+def test_unknown_key_in_yaml(cli, tmp_path: Path) -> None:
+    p = tmp_path / "typo.yaml"
+    p.write_text("task: perceptron\nmodel: {name: perceptron}\ndata: {source: xor}\nlearning_rate: 3\n")
+    one_line_error(cli("train", str(p)), "unknown key 'learning_rate'", code=2)
+
+
+def test_wrong_type_in_yaml(cli, tmp_path: Path) -> None:
+    p = tmp_path / "types.yaml"
+    p.write_text("task: perceptron\nmodel: {name: perceptron}\ndata: {source: xor}\nbatch_size: lots\n")
+    one_line_error(cli("train", str(p)), "batch_size: expected an integer", code=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--set", "optim.lr"], "expected KEY=VALUE"),
+        (["--set", "optim.lr=fast"], "optim.lr: expected a number"),
+        (["--set", "nope=1"], "unknown key 'nope'"),
+        (["--epochs", "0"], "epochs: expected an integer >= 1"),
+        (["--epochs", "-3"], "epochs: expected an integer >= 1"),
+        (["--batch-size", "0"], "batch_size: expected an integer >= 1"),
+        (["--device", "tpu"], "--device 'tpu'"),
+        (["--precision", "fp8"], "precision: expected one of"),
+    ],
+)
+def test_bad_overrides(cli, args: list[str], fragment: str) -> None:
+    one_line_error(cli("train", "mlp-xor", *args), fragment, code=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(cli) -> None:
+    one_line_error(cli("train", "mlp-xor", "--device", "cuda"), "CUDA is not available", code=1)
+
+
+def test_fp16_on_cpu_is_refused(cli) -> None:
+    one_line_error(cli("train", "mlp-xor", "--device", "cpu", "--precision", "fp16"), "fp16 needs a CUDA device")
+
+
+def test_resume_without_checkpoint(cli, tmp_path: Path) -> None:
+    (tmp_path / "empty-run").mkdir()
+    one_line_error(cli("train", "--resume", str(tmp_path / "empty-run")), "no last.pt in this folder")
+
+
+def test_resume_of_a_finished_run_says_how_to_extend(cli) -> None:
+    run = cli("train", "mlp-xor-lecture", "--json").json()["run_dir"]
+    one_line_error(cli("train", "--resume", run), "pass --epochs N")
+
+
+def test_eval_of_foreign_and_truncated_files(cli, tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    one_line_error(cli("eval", str(foreign)), "not a dlcli checkpoint")
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    one_line_error(cli("eval", str(text)), "not a readable dlcli checkpoint")
+    run = Path(cli("train", "mlp-xor-lecture", "--json").json()["run_dir"])
+    data = (run / "best.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    one_line_error(cli("eval", str(truncated)), "truncated or corrupt")
+    one_line_error(cli("eval", str(tmp_path / "missing")), "no such file or run folder")
+
+
+def test_debug_variable_shows_the_traceback(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlcli.errors import UsageError
+
+    monkeypatch.setenv("DLCLI_DEBUG", "1")
+    with pytest.raises(UsageError):
+        from dlcli.cli import main
+
+        main(["train", "lenet9"])
+
+
+def test_checkpoint_write_is_atomic_and_safe_to_load(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "x.pt", {"recipe": {"name": "t"}, "model": {"w": torch.ones(3)}})
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
+    ckpt = load_checkpoint(path)
+    assert ckpt["format"] == "dlcli-checkpoint" and torch.equal(ckpt["model"]["w"], torch.ones(3))
+    assert isinstance(ckpt["torch_version"], str) and ckpt["dlcli_version"]
