@@ -29,7 +29,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from dlcli.options import DataDirOpt, DeviceOpt, JsonOpt, PrecisionOpt, RecipeArg, SeedOpt  # noqa: E402
+from dlcli.options import complete_recipe, DataDirOpt, DeviceOpt, JsonOpt, PrecisionOpt, RecipeArg, SeedOpt  # noqa: E402
 
 
 def _version(value: bool) -> None:
@@ -167,7 +167,7 @@ def _run_training(r: Any, run_dir: Path, resume: bool, data_dir: str | None, jso
 @app.command("train")
 def train_cmd(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe name (see `dlcli list`) or a YAML file.",
-                                                    autocompletion=None, show_default=False)] = None,
+                                                    autocompletion=complete_recipe, show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Number of epochs (>= 1).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate (optim.lr).")] = None,
