@@ -288,18 +288,10 @@ def verify_cmd(
 
 
 def _mount_extensions() -> None:
-    try:  # TEMPORARY while the attack and bench modules are written
-        from dlcli import cli_attack
+    from dlcli import cli_attack, cli_bench
 
-        app.add_typer(cli_attack.attack_app, name="attack")
-    except ImportError:
-        pass
-    try:
-        from dlcli import cli_bench
-
-        cli_bench.register(app)
-    except ImportError:
-        pass
+    app.add_typer(cli_attack.attack_app, name="attack")
+    cli_bench.register(app)
 
 
 _mount_extensions()

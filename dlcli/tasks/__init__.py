@@ -3,8 +3,4 @@
 from importlib import import_module
 
 for _name in ("perceptron", "regress", "classify"):
-    try:
-        import_module(f"dlcli.tasks.{_name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"dlcli.tasks.{_name}":
-            raise
+    import_module(f"{__name__}.{_name}")
