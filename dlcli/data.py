@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -135,7 +136,7 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
 
 
 def _torchvision_dataset(cls_name: str, folder: str, root: Path, train: bool) -> Any:
-    """Open a torchvision dataset, downloading when missing; offline -> one clear sentence."""
+    """Open a torchvision dataset, downloading when missing; offline -> one clear sentence, within seconds."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
@@ -143,17 +144,70 @@ def _torchvision_dataset(cls_name: str, folder: str, root: Path, train: bool) ->
         return cls(root=str(root), train=train, download=False)
     except RuntimeError:
         pass  # not there yet: try the real download below
+    raw = root / folder / "raw"
+    mirrors = list(getattr(cls, "mirrors", []))
+    reason = None if _any_reachable(mirrors) else "no network: none of its download servers answered"
+    if reason is None:
+        try:
+            # torchvision prints download progress on stdout; keep stdout clean for --json.
+            with contextlib.redirect_stdout(sys.stderr), _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                return cls(root=str(root), train=train, download=True)
+        except Exception as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            reason = f"the download failed: {first[:120]}"
+    raise DlcliError(
+        f"{folder} not found under {root} and {reason}; put the files {', '.join(_MNIST_FILES)} in {raw}, "
+        f"or point --data-dir or DLCLI_DATA at a folder that has {folder}/raw/"
+    )
+
+
+PROBE_TIMEOUT_S = 5.0  # longest wait for any download server to accept a connection
+DOWNLOAD_TIMEOUT_S = 60.0  # socket timeout while downloading (a stalled transfer fails instead of hanging)
+
+
+def _any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True when some server of ``urls`` accepts a TCP connection within ``timeout`` seconds.
+
+    Probed in daemon threads, because name resolution ignores socket timeouts and can stall for tens of
+    seconds on a machine without a network. No URLs (a dataset class without mirrors) and a configured
+    HTTP proxy (direct connections may be blocked while the proxy works) count as reachable.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    hosts = {(u.hostname, u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, urls) if u.hostname}
+    if not hosts or getproxies():
+        return True
+    ok = threading.Event()
+
+    def probe(host: str, port: int) -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.set()
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=probe, args=hp, daemon=True) for hp in hosts]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    while not ok.is_set() and any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        ok.wait(0.05)
+    return ok.is_set()
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Any:
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
     try:
-        # torchvision prints download progress on stdout; keep stdout clean for --json.
-        with contextlib.redirect_stdout(sys.stderr):
-            return cls(root=str(root), train=train, download=True)
-    except Exception as e:
-        raw = root / folder / "raw"
-        raise DlcliError(
-            f"{folder} not found under {root} and the download failed ({type(e).__name__}); put the files "
-            f"{', '.join(_MNIST_FILES)} in {raw}, or point --data-dir or DLCLI_DATA at a folder that has "
-            f"{folder}/raw/"
-        ) from e
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _val_split(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int) -> tuple[Split, Split | None]:
@@ -168,13 +222,18 @@ def _val_split(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int) -> tu
 
 
 def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, in_memory: bool,
-                mean: float, std: float) -> DataBundle:
+                mean: float, std: float, train_size: int | None = None) -> DataBundle:
     train_ds = _torchvision_dataset(source, folder, root, train=True)
     test_ds = _torchvision_dataset(source, folder, root, train=False)
     # torchvision keeps IDX data as uint8 tensors (N, 28, 28): use them directly, no PIL round trip.
     x = train_ds.data.unsqueeze(1).contiguous()
     y = train_ds.targets.long()
+    if train_size is not None and not 1 <= train_size <= len(x) - val_size:
+        raise DlcliError(f"data.args.train_size must be in [1, {len(x) - val_size}] (or null for all), "
+                         f"got {train_size}")
     train, val = _val_split(x, y, val_size, seed)
+    if train_size is not None:  # a random subset (the split is already a seeded permutation): for quick runs
+        train = Split(train.x[:train_size], train.y[:train_size])
     test = Split(test_ds.data.unsqueeze(1).contiguous(), test_ds.targets.long())
     bundle = DataBundle("images", train, val, test, num_classes=len(train_ds.classes),
                         class_names=[c.split(" - ")[-1] for c in train_ds.classes], input_shape=(1, 28, 28),
@@ -184,7 +243,7 @@ def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, 
 
         tds = _torchvision_dataset(source, folder, root, train=True)
         tds.transform = transforms.PILToTensor()
-        bundle.train_dataset = torch.utils.data.Subset(tds, _train_indices(len(x), val_size, seed))
+        bundle.train_dataset = torch.utils.data.Subset(tds, _train_indices(len(x), val_size, seed)[:train_size])
     return bundle
 
 
@@ -195,14 +254,15 @@ def _train_indices(n: int, val_size: int, seed: int) -> list[int]:
 
 @register_dataset("mnist", summary="real: MNIST digits, 60k train + 10k test, 28x28 grey")
 def mnist(root: Path, seed: int, *, val_size: int = 5000, in_memory: bool = True,
-          mean: float = 0.1307, std: float = 0.3081) -> DataBundle:
-    return _idx_images("MNIST", "MNIST", root, seed, val_size, in_memory, mean, std)
+          mean: float = 0.1307, std: float = 0.3081, train_size: int | None = None) -> DataBundle:
+    """``train_size`` keeps that many of the remaining training images (null: all of them)."""
+    return _idx_images("MNIST", "MNIST", root, seed, val_size, in_memory, mean, std, train_size)
 
 
 @register_dataset("fashion-mnist", summary="real: Fashion-MNIST clothing, 60k + 10k, 28x28 grey")
 def fashion_mnist(root: Path, seed: int, *, val_size: int = 5000, in_memory: bool = True,
-                  mean: float = 0.2860, std: float = 0.3530) -> DataBundle:
-    return _idx_images("FashionMNIST", "FashionMNIST", root, seed, val_size, in_memory, mean, std)
+                  mean: float = 0.2860, std: float = 0.3530, train_size: int | None = None) -> DataBundle:
+    return _idx_images("FashionMNIST", "FashionMNIST", root, seed, val_size, in_memory, mean, std, train_size)
 
 
 @register_dataset("cifar10", summary="real: CIFAR-10, 50k + 10k, 32x32 colour (image folders of JPEGs)")

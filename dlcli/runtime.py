@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import random
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -80,6 +81,16 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+def _cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic on this x86 CPU (AVX512-BF16 or AMX); False when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -129,6 +140,15 @@ class Runtime:
         rt = cls(device=dev, precision=precision, compile=compile, channels_last=channels_last, seed=seed)
         if compile and dev.type == "mps":
             raise UsageError("--compile is not supported on MPS; drop --compile")
+        if compile and dev.type == "cpu":
+            cxx = os.environ.get("CXX") or "g++"
+            if shutil.which(cxx) is None:
+                raise UsageError(f"--compile on the CPU needs a C++ compiler ({cxx} not found; set CXX or install "
+                                 "g++), or drop --compile")
+            rt.notes.append("--compile: the first steps compile the model, which can take minutes on a CPU")
+        if precision == "bf16" and dev.type == "cpu" and not _cpu_has_bf16():
+            rt.notes.append("bf16 on a CPU without native bfloat16 instructions (AVX512-BF16/AMX) is emulated "
+                            "and usually slower than fp32")
         if channels_last and dev.type == "mps":
             rt.notes.append("channels_last ignored on MPS")
             rt.channels_last = False

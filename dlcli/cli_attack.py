@@ -1,0 +1,264 @@
+"""``dlcli attack deepfool | fgsm | universal``: parse and check the options, load the run, call the runner, report.
+
+Mounted by ``dlcli.cli`` as ``app.add_typer(attack_app, name="attack")``. Bad input raises ``UsageError``
+before anything is loaded; ``dlcli.cli.main`` turns it into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dlcli import report
+from dlcli.errors import DlcliError, UsageError
+from dlcli.options import DataDirOpt, DeviceOpt, JsonOpt
+
+attack_app = typer.Typer(
+    help="Adversarial attacks on a trained classifier: DeepFool, the fast gradient sign baseline, universal "
+         "perturbations.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+DEFAULT_RECIPE = "lenet"
+
+RunArg = Annotated[Optional[str], typer.Argument(
+    help="Run folder (uses best.pt) or checkpoint file; default: the newest runs/lenet-* folder.", show_default=False)]
+NOpt = Annotated[int, typer.Option("--n", help="Number of images, the first N of the split.")]
+NormOpt = Annotated[str, typer.Option("--norm", help="2 | inf: the norm of the perturbation and of ρ.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="val | test: the images to attack.")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", help="Output folder (default RUN_DIR/attack-<attack>-<norm>).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images attacked at once on the device.")]
+ClipOpt = Annotated[str, typer.Option(
+    "--clip", help="final: iterate as the paper does and clip only the result to [0, 1] (reported); "
+                   "step: clip every iterate, so the label flip is checked on valid images.")]
+
+
+def _norm(norm: str) -> str:
+    from dlcli.attacks.deepfool import check_norm
+
+    try:
+        return check_norm(norm)
+    except ValueError:
+        raise UsageError(f"--norm {norm}: expected 2 or inf") from None
+
+
+def _positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        what = "a non-negative" if allow_zero else "a positive"
+        raise UsageError(f"{name} {value}: expected {what} number")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"{name} {value}: expected {' or '.join(choices)}")
+    return value
+
+
+def _load(path: str | None, device: str | None) -> Any:
+    """The classifier of a run folder or checkpoint (the newest lenet run when none is given)."""
+    from dlcli.runs import latest_run, load_classifier, runtime_for
+
+    if path is None:
+        path = str(latest_run(DEFAULT_RECIPE))
+        report.note(f"attacking the newest {DEFAULT_RECIPE} run: {path}")
+    elif not Path(path).exists():
+        raise DlcliError(f"{path}: no such run folder or checkpoint")
+    runtime = runtime_for(device)
+    return load_classifier(path, runtime.device)
+
+
+def _images(clf: Any, split: str, n: int, data_dir: str | None, option: str = "--n") -> tuple[Any, Any, Any]:
+    """The first ``n`` images of ``split`` as float [0, 1] (N, C, H, W), their labels and indices."""
+    from dlcli.attacks.runner import select
+    from dlcli.runs import load_split
+
+    x, y = load_split(clf.recipe, split, data_dir)
+    if n > x.shape[0]:
+        report.note(f"{option} {n}: the {split} split has {x.shape[0]} images; using all of them")
+    return select(x, y, n)
+
+
+def _out_dir(out: str | None, clf: Any, name: str) -> Path:
+    return Path(out) if out else Path(clf.run_dir) / f"attack-{name}"
+
+
+def _norm_tag(norm: str) -> str:
+    return "linf" if norm == "inf" else "l2"
+
+
+@attack_app.command("deepfool")
+def deepfool_cmd(
+    run: RunArg = None,
+    n: NOpt = 1000,
+    norm: NormOpt = "2",
+    overshoot: Annotated[float, typer.Option("--overshoot", help="η: the result is (1 + η)·r_tot.")] = 0.02,
+    max_iter: Annotated[int, typer.Option("--max-iter", help="Iterations per image at most.")] = 50,
+    candidates: Annotated[int, typer.Option("--candidates", help="Classes searched: the top k by clean logit.")] = 10,
+    batch_size: BatchOpt = 256,
+    clip: ClipOpt = "final",
+    compare_fgsm: Annotated[bool, typer.Option("--compare-fgsm", help="Also run the fast gradient sign baseline "
+                                               "on the same images and print both rows, as in the paper.")] = False,
+    device: DeviceOpt = None,
+    split: SplitOpt = "test",
+    out: OutOpt = None,
+    data_dir: DataDirOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Multi-class DeepFool (Moosavi-Dezfooli et al., CVPR 2016), batched: ρ_adv, fooling rate, speed, figure.
+
+    Images the model already gets wrong are counted apart with zero perturbation; ρ_adv is the mean of
+    ‖r‖/‖x‖ over the attacked images (the paper's definition), shown beside the paper's value when the model
+    matches a row of its tables. Writes deepfool.csv, perturbations.pt, deepfool.png and summary.json.
+
+    Examples:
+
+    * `dlcli attack deepfool` (the newest lenet run)
+    * `dlcli attack deepfool runs/lenet-20260101-120000 --norm inf --n 10000`
+    * `dlcli attack deepfool --compare-fgsm`
+    * `dlcli attack deepfool --clip step --json | jq .rho_adv`
+    """
+    from dlcli.attacks.runner import run_deepfool
+    from dlcli.report.attack import print_deepfool, progress_bar
+
+    norm = _norm(norm)
+    _positive("--n", n)
+    _positive("--overshoot", overshoot, allow_zero=True)
+    _positive("--max-iter", max_iter)
+    _positive("--batch-size", batch_size)
+    if candidates < 2:
+        raise UsageError(f"--candidates {candidates}: expected at least 2 (the predicted class and one other)")
+    _choice("--clip", clip, ("final", "step"))
+    _choice("--split", split, ("val", "test"))
+    clf = _load(run, device)
+    x, y, idx = _images(clf, split, n, data_dir)
+    with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
+        result = run_deepfool(clf, x, y, idx, norm=norm, overshoot=overshoot, max_iter=max_iter,
+                              candidates=candidates, batch_size=batch_size, clip=clip, split=split,
+                              out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}"),
+                              compare_fgsm=compare_fgsm, progress=bar)
+    if json:
+        report.print_json(result)
+    else:
+        print_deepfool(result)
+
+
+@attack_app.command("fgsm")
+def fgsm_cmd(
+    run: RunArg = None,
+    n: NOpt = 1000,
+    norm: NormOpt = "2",
+    target_rate: Annotated[float, typer.Option("--target-rate", help="Fooling rate ε must reach (the paper: 0.9).")] = 0.9,
+    clip: ClipOpt = "final",
+    batch_size: BatchOpt = 256,
+    device: DeviceOpt = None,
+    split: SplitOpt = "test",
+    out: OutOpt = None,
+    data_dir: DataDirOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """The fast gradient sign baseline under the DeepFool paper's protocol: the smallest ε fooling ≥ 90%, and its ρ.
+
+    x + ε·sign(∇ loss), one gradient per image; ε is searched (a grid, then bisection) over forward passes
+    only. `--norm` picks the norm ρ is measured in. `dlcli attack deepfool --compare-fgsm` prints both rows.
+
+    Examples:
+
+    * `dlcli attack fgsm`
+    * `dlcli attack fgsm runs/lenet-20260101-120000 --norm inf --json`
+    """
+    from dlcli.attacks.runner import run_fgsm
+    from dlcli.report.attack import print_fgsm
+
+    norm = _norm(norm)
+    _positive("--n", n)
+    _positive("--batch-size", batch_size)
+    if not 0 < target_rate <= 1:
+        raise UsageError(f"--target-rate {target_rate}: expected a fraction in (0, 1]")
+    _choice("--clip", clip, ("final", "step"))
+    _choice("--split", split, ("val", "test"))
+    clf = _load(run, device)
+    x, y, idx = _images(clf, split, n, data_dir)
+    result = run_fgsm(clf, x, y, idx, norm=norm, target_rate=target_rate, clip=clip == "step",
+                      batch_size=batch_size, split=split, out_dir=_out_dir(out, clf, f"fgsm-{_norm_tag(norm)}"))
+    if json:
+        report.print_json(result)
+    else:
+        print_fgsm(result)
+
+
+@attack_app.command("universal")
+def universal_cmd(
+    run: RunArg = None,
+    xi: Annotated[Optional[float], typer.Option("--xi", help="Radius ξ of the ℓp ball, pixels in [0, 1] "
+                                                "(default: 0.3 for ℓ∞ and 5 for ℓ2 on MNIST-like data, the "
+                                                "paper's ImageNet radii rescaled otherwise).")] = None,
+    norm: NormOpt = "inf",
+    delta: Annotated[float, typer.Option("--delta", help="Stop once the building-set fooling rate is ≥ 1 − δ.")] = 0.2,
+    max_passes: Annotated[int, typer.Option("--max-passes", help="Passes over the building images at most.")] = 10,
+    build_images: Annotated[int, typer.Option("--build-images", help="Images v is built from (val split).")] = 1000,
+    eval_images: Annotated[int, typer.Option("--eval-images", help="Held-out images it is measured on "
+                                             "(test split).")] = 10000,
+    fold_batch: Annotated[int, typer.Option("--fold-batch", help="Building images per DeepFool batch; their "
+                                            "steps are folded into v one by one (1 = the paper's loop).")] = 32,
+    target_runs: Annotated[Optional[list[str]], typer.Option(
+        "--target-runs", help="Other run folders to measure this perturbation on (transferability); repeat the "
+                              "option or separate with commas.")] = None,
+    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp x + v to [0, 1] (valid images).")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffling and of the random-noise control.")] = 0,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    data_dir: DataDirOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Universal adversarial perturbation (Moosavi-Dezfooli et al., CVPR 2017, Algorithm 1), DeepFool steps batched.
+
+    Reports the fooling rate (prediction changed) on held-out images for v and for random noise of the same
+    norm, and with `--target-runs` on other models. Writes universal.pt, universal.png and summary.json.
+
+    Examples:
+
+    * `dlcli attack universal`
+    * `dlcli attack universal runs/lenet-20260101-120000 --norm 2 --xi 5`
+    * `dlcli attack universal --target-runs runs/lenet-a,runs/lenet-b --json`
+    """
+    from dlcli.attacks.runner import default_xi, run_universal
+    from dlcli.report.attack import print_universal, progress_bar
+
+    norm = _norm(norm)
+    _positive("--xi", xi)
+    if not 0 <= delta < 1:
+        raise UsageError(f"--delta {delta}: expected a fraction in [0, 1)")
+    _positive("--max-passes", max_passes)
+    _positive("--build-images", build_images)
+    _positive("--eval-images", eval_images)
+    _positive("--fold-batch", fold_batch)
+    targets = [t for item in target_runs or [] for t in item.split(",") if t.strip()]
+    clf = _load(run, device)
+    others = [_load(t.strip(), device) for t in targets]
+    for t in others:
+        if tuple(t.input_shape) != tuple(clf.input_shape):
+            raise UsageError(f"--target-runs {t.run_dir}: input shape {tuple(t.input_shape)} differs from "
+                             f"{tuple(clf.input_shape)}; a perturbation only transfers between models of one input size")
+    if xi is None:
+        xi = default_xi(norm, clf.recipe.data.source, clf.input_shape)
+    try:
+        xb, _, _ = _images(clf, "val", build_images, data_dir, "--build-images")
+        build_split = "val"
+    except DlcliError:  # a recipe without a validation split: build from training images
+        xb, _, _ = _images(clf, "train", build_images, data_dir, "--build-images")
+        build_split = "train"
+    xe, _, _ = _images(clf, "test", eval_images, data_dir, "--eval-images")
+    with progress_bar("universal", xb.shape[0], enabled=report.err.is_terminal) as bar:
+        result = run_universal(clf, xb, xe, xi=xi, norm=norm, delta=delta, max_passes=max_passes,
+                               fold_batch=fold_batch, clip=clip, seed=seed, targets=others,
+                               build_split=build_split, eval_split="test",
+                               out_dir=_out_dir(out, clf, f"universal-{_norm_tag(norm)}"), progress=bar)
+    if json:
+        report.print_json(result)
+    else:
+        print_universal(result)
