@@ -34,12 +34,12 @@ Progress = Callable[[int, int], None]
 # Table 2 (ℓ∞); fast gradient sign in the same tables. Keyed by (model family, data source).
 PAPER_RHO: dict[tuple[str, str], dict[str, Any]] = {
     ("lenet", "mnist"): {
-        "row": "LeNet on MNIST (DeepFool paper, Tables 1 and 2)",
+        "row": "LeNet on MNIST",
         "deepfool": {"2": 0.20, "inf": 0.10},
         "fgsm": {"2": 1.0, "inf": 0.26},
     },
     ("lenet", "cifar10"): {
-        "row": "LeNet on CIFAR-10 (DeepFool paper, Table 1)",
+        "row": "LeNet on CIFAR-10",
         "deepfool": {"2": 0.030},
         "fgsm": {},
     },
@@ -56,7 +56,8 @@ def paper_reference(recipe: Any, method: str, norm: str) -> dict[str, Any] | Non
     entry = PAPER_RHO.get((family, str(recipe.data.source).lower()))
     if entry is None or norm not in entry.get(method, {}):
         return None
-    return {"rho_adv": entry[method][norm], "row": entry["row"]}
+    table = 1 if norm == "2" else 2  # Table 1 is ℓ2, Table 2 is ℓ∞
+    return {"rho_adv": entry[method][norm], "row": f"{entry['row']}, DeepFool paper Table {table}"}
 
 
 def select(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,7 +68,7 @@ def print_deepfool(r: dict[str, Any]) -> None:
         f"ρ_adv (mean ‖r‖{p[1:]}/‖x‖{p[1:]})": r["rho_adv"],
     }
     if paper:
-        rows[f"ρ_adv in the paper ({paper['row']})"] = paper["rho_adv"]
+        rows[f"paper's ρ_adv ({paper['row']})"] = paper["rho_adv"]
     pct = r["r_norm_percentiles"]
     if pct:
         rows[f"‖r‖{p[1:]} p5 / p50 / p95 / max"] = " / ".join(report.fmt(pct[k]) for k in ("p5", "p50", "p95", "max"))
@@ -110,7 +111,7 @@ def print_comparison(r: dict[str, Any]) -> None:
                                   ["method", "ρ_adv", "paper", "fooling rate", "ms per image"], rows,
                                   caption=f"fast gradient sign: smallest ε fooling ≥ {f['target_rate']:.0%} "
                                           "of the attacked images"))
-    if r["rho_adv"] > 0 and f["rho_adv"] == f["rho_adv"]:
+    if r["rho_adv"] > 0 and math.isfinite(f["rho_adv"]):
         report.out.print(f"fast gradient sign needs {f['rho_adv'] / r['rho_adv']:.1f}x DeepFool's perturbation",
                          markup=False, highlight=False)
 
@@ -130,7 +131,7 @@ def print_fgsm(r: dict[str, Any]) -> None:
         f"ρ_adv ({p}) at ε": r["rho_adv"],
     }
     if r.get("paper"):
-        rows[f"ρ_adv in the paper ({r['paper']['row']})"] = r["paper"]["rho_adv"]
+        rows[f"paper's ρ_adv ({r['paper']['row']})"] = r["paper"]["rho_adv"]
     rows.update({
         "fooling rate after clipping to [0, 1]": _pct(r["fooling_rate_after_clip"]),
         "ρ_adv of the clipped perturbation": r["rho_adv_clipped"],
