@@ -100,8 +100,8 @@ def main() -> None:
           f"10 iterations, 10 classes; held-out: {len(xe)} test images")
     print(f"device: {device} ({device_name(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"ART {art.__version__}, {date.today().isoformat()}, median of {args.repeats} rounds\n")
-    print("| method | target (building set) | median s | reached (per round) | held-out fooling rate | "
-          "random noise, same norm | speed-up vs ART |")
+    print("| method | target (building set) | median s | reached (per round) | held-out fooling rate (round 1) | "
+          "random noise, same norm | speed-up vs ART |")  # held-out columns: round 1's v
     print("|---|---|---|---|---|---|---|")
     art_s = statistics.median(t for t, *_ in rows["ART UniversalPerturbation"])
     for name, runs in rows.items():
