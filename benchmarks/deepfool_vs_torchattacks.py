@@ -27,12 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlcli.attacks import deepfool  # noqa: E402
 from dlcli.runs import latest_run, load_classifier, load_split  # noqa: E402
-from dlcli.runtime import device_name, resolve_device  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from dlcli.runtime import Runtime, device_name, resolve_device  # noqa: E402
 
 
 def per_image(model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,13 +81,14 @@ def main() -> None:
                "torchattacks DeepFool": run_torchattacks}
     times: dict[str, list[float]] = {k: [] for k in methods}
     results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    runtime = Runtime(device=device)
     run_dlcli("step")  # warm-up (allocator, kernels)
     for r in range(args.repeats):
         for name, fn in methods.items():
-            sync(device)
+            runtime.synchronize()
             t0 = time.perf_counter()
             adv = fn()
-            sync(device)
+            runtime.synchronize()
             times[name].append(time.perf_counter() - t0)
             results[name] = per_image(model, x, adv, y)
             print(f"round {r + 1}/{args.repeats}: {name}: {times[name][-1]:.2f} s", file=sys.stderr)

@@ -25,12 +25,16 @@ attack_app = typer.Typer(
 DEFAULT_RECIPE = "lenet"
 
 RunArg = Annotated[Optional[str], typer.Argument(
-    help="Run folder (uses best.pt) or checkpoint file; default: the newest runs/lenet-* folder.", show_default=False)]
+    help="Run folder (uses best.pt) or checkpoint file; default: the newest runs/lenet-* folder.", metavar="RUN_DIR",
+    show_default=False)]
 NOpt = Annotated[int, typer.Option("--n", help="Number of images, the first N of the split.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="2 | inf: the norm of the perturbation and of ρ.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="val | test: the images to attack.")]
 OutOpt = Annotated[Optional[str], typer.Option("--out", help="Output folder (default RUN_DIR/attack-<attack>-<norm>).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images attacked at once on the device.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for torch (default: torch's choice). On a machine busy with other jobs, 1 can be "
+                      "several times faster: the attacks run many small operations.")]
 ClipOpt = Annotated[str, typer.Option(
     "--clip", help="final: iterate as the paper does and clip only the result to [0, 1] (reported); "
                    "step: clip every iterate, so the label flip is checked on valid images.")]
@@ -57,6 +61,15 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise UsageError(f"{name} {value}: expected {' or '.join(choices)}")
     return value
+
+
+def _threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    _positive("--threads", threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _load(path: str | None, device: str | None) -> Any:
@@ -104,6 +117,7 @@ def deepfool_cmd(
     compare_fgsm: Annotated[bool, typer.Option("--compare-fgsm", help="Also run the fast gradient sign baseline "
                                                "on the same images and print both rows, as in the paper.")] = False,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     split: SplitOpt = "test",
     out: OutOpt = None,
     data_dir: DataDirOpt = None,
@@ -134,6 +148,7 @@ def deepfool_cmd(
         raise UsageError(f"--candidates {candidates}: expected at least 2 (the predicted class and one other)")
     _choice("--clip", clip, ("final", "step"))
     _choice("--split", split, ("val", "test"))
+    _threads(threads)
     clf = _load(run, device)
     x, y, idx = _images(clf, split, n, data_dir)
     with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
@@ -156,6 +171,7 @@ def fgsm_cmd(
     clip: ClipOpt = "final",
     batch_size: BatchOpt = 256,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     split: SplitOpt = "test",
     out: OutOpt = None,
     data_dir: DataDirOpt = None,
@@ -181,6 +197,7 @@ def fgsm_cmd(
         raise UsageError(f"--target-rate {target_rate}: expected a fraction in (0, 1]")
     _choice("--clip", clip, ("final", "step"))
     _choice("--split", split, ("val", "test"))
+    _threads(threads)
     clf = _load(run, device)
     x, y, idx = _images(clf, split, n, data_dir)
     result = run_fgsm(clf, x, y, idx, norm=norm, target_rate=target_rate, clip=clip == "step",
@@ -211,6 +228,7 @@ def universal_cmd(
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp x + v to [0, 1] (valid images).")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffling and of the random-noise control.")] = 0,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     out: OutOpt = None,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
@@ -225,6 +243,7 @@ def universal_cmd(
     * `dlcli attack universal`
     * `dlcli attack universal runs/lenet-20260101-120000 --norm 2 --xi 5`
     * `dlcli attack universal --target-runs runs/lenet-a,runs/lenet-b --json`
+    * `dlcli attack universal --threads 1` (much faster on a CPU shared with other jobs)
     """
     from dlcli.attacks.runner import default_xi, run_universal
     from dlcli.report.attack import print_universal, progress_bar
@@ -238,6 +257,7 @@ def universal_cmd(
     _positive("--eval-images", eval_images)
     _positive("--fold-batch", fold_batch)
     targets = [t for item in target_runs or [] for t in item.split(",") if t.strip()]
+    _threads(threads)
     clf = _load(run, device)
     others = [_load(t.strip(), device) for t in targets]
     for t in others:

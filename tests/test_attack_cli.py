@@ -125,6 +125,7 @@ def test_without_a_run_it_attacks_the_newest_lenet_run_or_says_to_train_one(cli,
         (["universal", "--delta", "1.5"], "--delta 1.5"),
         (["deepfool", "--clip", "sometimes"], "--clip sometimes: expected final or step"),
         (["deepfool", "--candidates", "1"], "--candidates 1"),
+        (["universal", "--threads", "0"], "--threads 0: expected a positive number"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(cli, args, fragment):
@@ -137,3 +138,13 @@ def test_a_run_that_is_not_a_classifier_is_one_clear_line(cli, tmp_path):
     run = res.json()["run_dir"]
     one_line_error(cli("attack", "deepfool", run), "not an image classifier", 1)
     one_line_error(cli("attack", "universal", str(tmp_path / "nowhere")), "no such run folder", 1)
+
+
+def test_default_radius_is_the_papers_rescaled_or_the_measured_mnist_one():
+    from dlcli.attacks.runner import default_xi
+
+    assert default_xi("inf", "mnist", (1, 28, 28)) == 0.3 and default_xi("2", "fashion-mnist", (1, 28, 28)) == 5.0
+    assert default_xi("inf", "cifar10", (3, 32, 32)) == pytest.approx(10 / 255)
+    # ℓ2 2,000 on ImageNet's 0-255 scale; the same per-pixel energy for a smaller image
+    assert default_xi("2", "imagenet", (3, 224, 224)) == pytest.approx(2000 / 255)
+    assert default_xi("2", "cifar10", (3, 32, 32)) == pytest.approx(2000 / 255 * (32 / 224))
