@@ -21,7 +21,7 @@ default here, for both) makes them sleep instead; ``inherit`` keeps the environm
 Usage:
     DLCLI_DATA=../shared/data python benchmarks/lenet_vs_pytorch_examples.py
     python benchmarks/lenet_vs_pytorch_examples.py --data-dir ../shared/data --threads 2 --repeats 3 \
-        --write benchmarks/RESULTS.md
+        --write /tmp/lenet_vs_examples.md   # a table to paste into benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def main() -> None:
                    "an accelerator gets an untimed warm-up epoch first")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override dlcli's recipe (repeatable)")
     p.add_argument("--dlcli-only", action="store_true", help="skip the baseline (e.g. for a GPU time-to-99%%)")
-    p.add_argument("--write", help="also write the markdown table to this file")
+    p.add_argument("--write", help="also write the markdown table to this file (replaced, not appended to)")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON")
     p.add_argument("--worker", choices=("dlcli", "baseline"), help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -10,7 +10,7 @@ import inspect
 import typing
 from typing import Any, Callable, Generic, TypeVar
 
-from dlcli.errors import UsageError
+from dlcli.errors import ConfigError, UsageError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -104,6 +104,18 @@ def build_model(name: str, **kwargs: Any) -> Any:
             f"model {name!r} has no argument {unknown[0]!r}; it takes: {', '.join(accepted) or 'none'}"
         )
     return builder(**kwargs)
+
+
+def build_model_with_defaults(name: str, args: dict[str, Any], **defaults: Any) -> Any:
+    """Model ``name`` from a recipe's ``model.args``; ``defaults`` the builder accepts (e.g. ``num_classes``
+    from the data) fill in what the recipe leaves out. Used by training and by checkpoint loading alike."""
+    accepted = accepted_args(MODELS.get(name))
+    kwargs = {k: v for k, v in defaults.items() if k in accepted}
+    kwargs.update(args)
+    try:
+        return build_model(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.args: {e}") from None
 
 
 _loaded = False

@@ -69,13 +69,10 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", data_d
         )
     meta = classifier_meta(recipe, ckpt)
     c, h, _ = meta["input_shape"]
-    from dlcli.registry import MODELS, accepted_args, build_model
+    from dlcli.registry import build_model_with_defaults
 
-    defaults = {"num_classes": meta["num_classes"], "in_channels": c, "input_size": h}
-    accepted = accepted_args(MODELS.get(recipe.model.name))
-    kwargs = {k: v for k, v in defaults.items() if k in accepted}
-    kwargs.update(recipe.model.args)
-    net = build_model(recipe.model.name, **kwargs)
+    net = build_model_with_defaults(recipe.model.name, recipe.model.args, num_classes=meta["num_classes"],
+                                    in_channels=c, input_size=h)
     model = Normalized(net, tuple(meta["mean"]), tuple(meta["std"]))
     try:
         model.load_state_dict(ckpt["model"])

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("DLCLI_DATA"):  # a relative DLCLI_DATA=../shared/data must survive the cli fixture's chdir
+    os.environ["DLCLI_DATA"] = str(Path(os.environ["DLCLI_DATA"]).resolve())
 
 
 def shared_data_dir() -> Path | None:
@@ -18,7 +20,7 @@ def shared_data_dir() -> Path | None:
     env = os.environ.get("DLCLI_DATA")
     for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
         if (candidate / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-            return candidate
+            return candidate.resolve()  # absolute: the cli fixture runs commands from a temporary folder
     return None
 
 

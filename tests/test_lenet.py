@@ -55,6 +55,13 @@ def test_lenet_recipes_declare_honest_expectations():
     assert op == ">=" and 0.85 <= bar < 0.99
 
 
+def test_lenet_modern_differs_from_lenet_only_in_the_variant():
+    lenet, modern = load_recipe("lenet"), load_recipe("lenet-modern")
+    assert modern.model.args == {**lenet.model.args, "variant": "modern"} and lenet.model.args["variant"] == "classic"
+    assert (modern.data, modern.optim, modern.schedule, modern.epochs, modern.task_args, modern.expect) == (
+        lenet.data, lenet.optim, lenet.schedule, lenet.epochs, lenet.task_args, lenet.expect)
+
+
 # ----------------------------------------------------------------------------------------------- runtime
 
 

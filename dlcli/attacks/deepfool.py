@@ -30,8 +30,34 @@ _TINY = 1e-12  # guards divisions by a zero gradient norm
 Progress = Callable[[int, int], None]  # (images finished, images in total)
 
 
+class PerImageOutcome:
+    """What every per-image attack result derives from its tensors (DeepFool's and FGSM's alike)."""
+
+    attacked: Tensor  # (B,) bool
+    clean_pred: Tensor  # (B,) int64, k̂(x)
+    adv_pred: Tensor  # (B,) int64, the prediction the attack's own criterion saw
+    adv_pred_clipped: Tensor  # (B,) int64, k̂ of the valid (clamped) image
+    r_norm: Tensor  # (B,) ‖r‖_p
+    x_norm: Tensor  # (B,) ‖x‖_p
+
+    @property
+    def fooled(self) -> Tensor:
+        """(B,) bool: attacked and the attack's own criterion changed the label."""
+        return self.attacked & (self.adv_pred != self.clean_pred)
+
+    @property
+    def fooled_clipped(self) -> Tensor:
+        """(B,) bool: attacked and the valid image clamp(x + r, 0, 1) changed the label."""
+        return self.attacked & (self.adv_pred_clipped != self.clean_pred)
+
+    @property
+    def rho(self) -> Tensor:
+        """(B,) ‖r‖_p / ‖x‖_p, the per-image term of the paper's ρ_adv."""
+        return self.r_norm / self.x_norm.clamp_min(_TINY)
+
+
 @dataclass
-class DeepFoolResult:
+class DeepFoolResult(PerImageOutcome):
     """Per-image DeepFool results; every tensor is on the CPU, indexed like the input batch.
 
     ``perturbation`` is r̂ = (1 + η)·r_tot in pixel units. With ``clip="final"`` it is the paper's,
@@ -51,21 +77,6 @@ class DeepFoolResult:
     attacked: Tensor  # (B,) bool; False for images already misclassified (when labels were given)
     iterations: Tensor  # (B,) int64, DeepFool steps taken
     grad_evals: Tensor  # (B,) int64, vector-Jacobian products (one per candidate class and step)
-
-    @property
-    def fooled(self) -> Tensor:
-        """(B,) bool: attacked and the algorithm's own iterate changed the label."""
-        return self.attacked & (self.adv_pred != self.clean_pred)
-
-    @property
-    def fooled_clipped(self) -> Tensor:
-        """(B,) bool: attacked and the valid image clamp(x + r̂, 0, 1) changed the label."""
-        return self.attacked & (self.adv_pred_clipped != self.clean_pred)
-
-    @property
-    def rho(self) -> Tensor:
-        """(B,) ‖r̂‖_p / ‖x‖_p, the per-image term of the paper's ρ_adv."""
-        return self.r_norm / self.x_norm.clamp_min(_TINY)
 
     @property
     def rho_clipped(self) -> Tensor:

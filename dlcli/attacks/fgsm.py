@@ -16,9 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dlcli.attacks.deepfool import check_norm, frozen_eval, lp_norm, model_device
-
-_TINY = 1e-12
+from dlcli.attacks.deepfool import PerImageOutcome, check_norm, frozen_eval, lp_norm, model_device
 
 
 @dataclass
@@ -31,7 +29,7 @@ class FGSMDirection:
 
 
 @dataclass
-class FGSMResult:
+class FGSMResult(PerImageOutcome):
     """The smallest ε that reaches the target fooling rate, and the per-image results at that ε."""
 
     eps: float | None  # None when even ``eps_max`` does not reach the target
@@ -47,18 +45,6 @@ class FGSMResult:
     attacked: Tensor  # (B,) bool
     searched: list[tuple[float, float]] = field(default_factory=list)  # (ε, fooling rate) evaluated
 
-    @property
-    def fooled(self) -> Tensor:
-        return self.attacked & (self.adv_pred != self.clean_pred)
-
-    @property
-    def fooled_clipped(self) -> Tensor:
-        return self.attacked & (self.adv_pred_clipped != self.clean_pred)
-
-    @property
-    def rho(self) -> Tensor:
-        """(B,) ‖r‖_p / ‖x‖_p, r = ε·sign (clipped to the valid range when ``clip``)."""
-        return self.r_norm / self.x_norm.clamp_min(_TINY)
 
 
 def fgsm_direction(model: nn.Module, x: Tensor, labels: Tensor | None = None, *, batch_size: int = 256) -> FGSMDirection:

@@ -18,7 +18,7 @@ from torch import nn
 from dlcli.config import Recipe
 from dlcli.data import DataBundle, load_data
 from dlcli.errors import ConfigError
-from dlcli.registry import build_model
+from dlcli.registry import build_model_with_defaults
 from dlcli.runtime import Runtime
 
 
@@ -62,15 +62,7 @@ class Task:
 
     def build_model(self, **defaults: Any) -> nn.Module:
         """The recipe's model; ``defaults`` (e.g. num_classes from the data) yield to explicit recipe args."""
-        from dlcli.registry import MODELS, accepted_args
-
-        accepted = accepted_args(MODELS.get(self.recipe.model.name))
-        kwargs = {k: v for k, v in defaults.items() if k in accepted}
-        kwargs.update(self.recipe.model.args)
-        try:
-            return build_model(self.recipe.model.name, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.args: {e}") from None
+        return build_model_with_defaults(self.recipe.model.name, self.recipe.model.args, **defaults)
 
     # --- what the trainer calls -----------------------------------------------------------------------
     def header(self) -> dict[str, Any]:
