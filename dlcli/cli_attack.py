@@ -7,7 +7,7 @@ before anything is loaded; ``dlcli.cli.main`` turns it into one line and exit co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -104,6 +104,25 @@ def _norm_tag(norm: str) -> str:
     return "linf" if norm == "inf" else "l2"
 
 
+def _per_image_setup(run: str | None, *, n: int, batch_size: int, clip: str, split: str,
+                     threads: int | None, device: str | None, data_dir: str | None) -> tuple[Any, ...]:
+    """The options DeepFool and FGSM share, checked; then the classifier and its first ``n`` images of ``split``."""
+    _positive("--n", n)
+    _positive("--batch-size", batch_size)
+    _choice("--clip", clip, ("final", "step"))
+    _choice("--split", split, ("val", "test"))
+    _threads(threads)
+    clf = _load(run, device)
+    return (clf, *_images(clf, split, n, data_dir))
+
+
+def _emit(result: Any, json: bool, printer: Callable[[Any], None]) -> None:
+    if json:
+        report.print_json(result)
+    else:
+        printer(result)
+
+
 @attack_app.command("deepfool")
 def deepfool_cmd(
     run: RunArg = None,
@@ -140,26 +159,18 @@ def deepfool_cmd(
     from dlcli.report.attack import print_deepfool, progress_bar
 
     norm = _norm(norm)
-    _positive("--n", n)
     _positive("--overshoot", overshoot, allow_zero=True)
     _positive("--max-iter", max_iter)
-    _positive("--batch-size", batch_size)
     if candidates < 2:
         raise UsageError(f"--candidates {candidates}: expected at least 2 (the predicted class and one other)")
-    _choice("--clip", clip, ("final", "step"))
-    _choice("--split", split, ("val", "test"))
-    _threads(threads)
-    clf = _load(run, device)
-    x, y, idx = _images(clf, split, n, data_dir)
+    clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, clip=clip, split=split, threads=threads,
+                                      device=device, data_dir=data_dir)
     with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
         result = run_deepfool(clf, x, y, idx, norm=norm, overshoot=overshoot, max_iter=max_iter,
                               candidates=candidates, batch_size=batch_size, clip=clip, split=split,
                               out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}"),
                               compare_fgsm=compare_fgsm, progress=bar)
-    if json:
-        report.print_json(result)
-    else:
-        print_deepfool(result)
+    _emit(result, json, print_deepfool)
 
 
 @attack_app.command("fgsm")
@@ -191,21 +202,13 @@ def fgsm_cmd(
     from dlcli.report.attack import print_fgsm
 
     norm = _norm(norm)
-    _positive("--n", n)
-    _positive("--batch-size", batch_size)
     if not 0 < target_rate <= 1:
         raise UsageError(f"--target-rate {target_rate}: expected a fraction in (0, 1]")
-    _choice("--clip", clip, ("final", "step"))
-    _choice("--split", split, ("val", "test"))
-    _threads(threads)
-    clf = _load(run, device)
-    x, y, idx = _images(clf, split, n, data_dir)
+    clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, clip=clip, split=split, threads=threads,
+                                      device=device, data_dir=data_dir)
     result = run_fgsm(clf, x, y, idx, norm=norm, target_rate=target_rate, clip=clip == "step",
                       batch_size=batch_size, split=split, out_dir=_out_dir(out, clf, f"fgsm-{_norm_tag(norm)}"))
-    if json:
-        report.print_json(result)
-    else:
-        print_fgsm(result)
+    _emit(result, json, print_fgsm)
 
 
 @attack_app.command("universal")
@@ -278,7 +281,4 @@ def universal_cmd(
                                fold_batch=fold_batch, clip=clip, seed=seed, targets=others,
                                build_split=build_split, eval_split="test",
                                out_dir=_out_dir(out, clf, f"universal-{_norm_tag(norm)}"), progress=bar)
-    if json:
-        report.print_json(result)
-    else:
-        print_universal(result)
+    _emit(result, json, print_universal)
