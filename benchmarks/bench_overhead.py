@@ -168,13 +168,11 @@ def _timm_status(path: str | None, env: dict[str, str]) -> tuple[str | None, str
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
+
+    from dlcli.runtime import device_name
+
+    cpu = device_name(torch.device("cpu"))
 
     threads = os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()
     return (f"{cpu}, {os.cpu_count()} logical CPUs, {threads} torch threads, torch "

@@ -111,36 +111,25 @@ def run_dlcli(data_dir: str, recipe_name: str, device: str, sets: list[str]) -> 
     """
     from dlcli.config import apply_overrides, load_recipe, parse_set
     from dlcli.runtime import Runtime
-    from dlcli.train import train
+    from dlcli.train import NoCallbacks, train
 
     overrides = {"task_args.eval_test_every_epoch": True, "device": device, **dict(map(parse_set, sets))}
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
     if device != "cpu":
         with tempfile.TemporaryDirectory(prefix="dlcli-warmup-") as tmp:
             warm = apply_overrides(recipe, {"epochs": 1})
-            train(warm, Runtime.create(warm.device, warm.precision, warm.compile, warm.channels_last, warm.seed),
-                  Path(tmp) / "run", data_dir=data_dir)
+            train(warm, Runtime.from_config(warm), Path(tmp) / "run", data_dir=data_dir)
     epochs: list[dict[str, Any]] = []
 
-    class Clock:
-        def on_start(self, header: dict[str, Any], total_steps: int, done_steps: int) -> None:
-            pass
-
-        def on_step(self, epoch: int, step: int, metrics: dict[str, Any], samples: int) -> None:
-            pass
-
+    class Clock(NoCallbacks):
         def on_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
             epochs.append({"epoch": epoch + 1, "time_s": time.perf_counter() - t0,
                            "test_accuracy": metrics["test_accuracy"]})
             _progress("dlcli", epochs[-1])
 
-        def on_end(self) -> None:
-            pass
-
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dlcli-bench-") as tmp:
-        runtime = Runtime.create(recipe.device, recipe.precision, recipe.compile, recipe.channels_last, recipe.seed)
-        result = train(recipe, runtime, Path(tmp) / "run", data_dir=data_dir, callbacks=Clock())
+        result = train(recipe, Runtime.from_config(recipe), Path(tmp) / "run", data_dir=data_dir, callbacks=Clock())
     return {"epochs": epochs, "total_s": time.perf_counter() - t0, "device": result.header["device_name"],
             "final_test_accuracy": result.final["test_accuracy"], "recipe": recipe.to_dict()}
 
@@ -188,13 +177,9 @@ def _load() -> float | None:
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    from dlcli.runtime import device_name
+
+    return {"cpu": device_name(torch.device("cpu")), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "date": dt.date.today().isoformat(), "load_average": _load()}
 
 

@@ -933,7 +933,7 @@ def run_benchmark(spec: BenchSpec, progress: Progress = _quiet) -> list[BenchRes
             "pass --input-size (e.g. --input-size 3,224,224)"
         )
     input_shape = tuple(int(d) for d in input_shape)
-    rt = Runtime.create(spec.device, spec.precision, spec.compile, spec.channels_last, spec.seed)
+    rt = Runtime.from_config(spec)
     for line in rt.notes:  # stated fallbacks and caveats (e.g. bf16 emulated on this CPU)
         progress(line)
     if spec.auto_batch and rt.device.type != "cuda":

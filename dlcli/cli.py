@@ -155,7 +155,7 @@ def _run_training(r: Any, run_dir: Path, resume: bool, data_dir: str | None, jso
     from dlcli.runtime import Runtime
     from dlcli.train import train
 
-    runtime = Runtime.create(r.device, r.precision, r.compile, r.channels_last, r.seed)
+    runtime = Runtime.from_config(r)
     progress_metric = getattr(TASKS.get(r.task), "progress_metric", None)
     cb = TrainProgress(enabled=not json and report.err.is_terminal, progress_metric=progress_metric)
     if json:

@@ -159,6 +159,12 @@ class Runtime:
             torch.backends.cudnn.benchmark = True
         return rt
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Runtime":
+        """``create`` from anything that carries device, precision, compile, channels_last and seed (a
+        ``Recipe``, a ``BenchSpec``)."""
+        return cls.create(cfg.device, cfg.precision, cfg.compile, cfg.channels_last, cfg.seed)
+
     @property
     def amp_dtype(self) -> torch.dtype | None:
         return _DTYPES.get(self.precision)

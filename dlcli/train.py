@@ -38,7 +38,9 @@ class TrainCallbacks(Protocol):
     def on_end(self) -> None: ...
 
 
-class _NoCallbacks:
+class NoCallbacks:
+    """Callbacks that do nothing: subclass it and override only the hooks you need."""
+
     def on_start(self, header: dict[str, Any], total_steps: int, done_steps: int) -> None:
         pass
 
@@ -180,7 +182,7 @@ def train(
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
 ) -> TrainResult:
-    cb = callbacks or _NoCallbacks()
+    cb = callbacks or NoCallbacks()
     seed_everything(recipe.seed)
     task_cls = TASKS.get(recipe.task)
     try:
