@@ -59,8 +59,9 @@ def list_cmd(json: JsonOpt = False) -> None:
     rows = []
     for name in recipe_names():
         try:
-            r = load_recipe(name)
-            rows.append({"name": name, "model": r.model.name, "data": r.data.source, "task": r.task,
+            r = load_recipe(name, check_builders=False)  # no registries: `dlcli list` never imports torch
+            source = r.data.source if r.data is not None else (f"env {r.env.id}" if r.env is not None else "-")
+            rows.append({"name": name, "model": r.model.name, "data": source, "task": r.task,
                          "expected": ", ".join(f"{k} {v}" for k, v in r.expect.items()) or "-",
                          "description": r.description})
         except DlcliError as e:
@@ -129,7 +130,7 @@ def _resolve_recipe(
     sets = dict(parse_set(s) for s in set_ or [])
     if resume:
         run_dir = Path(resume)
-        base, done = resume_recipe(run_dir)
+        base, done, step = resume_recipe(run_dir)
         if recipe and Path(recipe).stem != base.name:
             raise UsageError(f"--resume {run_dir} is a {base.name!r} run, not {recipe!r}")
         changed = sorted(k for k in [*cli, *sets] if k not in ("epochs", "device", "precision", "compile",
@@ -138,9 +139,14 @@ def _resolve_recipe(
             raise UsageError(f"--resume keeps the run's recipe; only --epochs, --device, --precision, --compile "
                              f"and --channels-last may change (got {', '.join(changed)})")
         r = apply_overrides(base, cli, source="command line")
-        if done >= r.epochs:
-            raise DlcliError(f"--resume {run_dir}: this run already finished all {r.epochs} epochs; "
-                             "pass --epochs N with a larger N to train further")
+        finished = step == 0 and done >= base.epochs
+        if not finished and r.epochs != base.epochs:
+            raise UsageError(f"--resume {run_dir}: the run stopped in epoch {done + 1} of {base.epochs}; resume it "
+                             "without --epochs first (--epochs extends finished runs only)")
+        if finished and r.epochs <= done:
+            raise DlcliError(f"--resume {run_dir}: this run already finished all {base.epochs} epochs; pass --epochs "
+                             "N with a larger N to train further (a new learning-rate schedule over the added "
+                             "epochs)")
         return r, run_dir
     if not recipe:
         raise UsageError("missing RECIPE (see `dlcli list`), or --resume RUN_DIR")
@@ -149,19 +155,49 @@ def _resolve_recipe(
     return r, None
 
 
-def _run_training(r: Any, run_dir: Path, resume: bool, data_dir: str | None, json: bool) -> dict[str, Any]:
-    from dlcli.registry import TASKS
+def _run_training(r: Any, out: str | None, resume_dir: Path | None, data_dir: str | None,
+                  json: bool) -> dict[str, Any]:
+    from dlcli.config import run_dir_for
     from dlcli.report.train import TrainProgress
     from dlcli.runtime import Runtime
     from dlcli.train import train
 
     runtime = Runtime.from_config(r)
-    progress_metric = getattr(TASKS.get(r.task), "progress_metric", None)
-    cb = TrainProgress(enabled=not json and report.err.is_terminal, progress_metric=progress_metric)
-    if json:
-        cb.on_start = lambda header, total, done: None  # type: ignore[method-assign]
-    result = train(r, runtime, run_dir, data_dir=data_dir, resume=resume, callbacks=cb)
-    return result.to_dict()
+    try:
+        # rank 0 alone chooses the run folder (a timestamp), and every rank uses that one
+        run_dir = runtime.broadcast_object(resume_dir or run_dir_for(r, out) if runtime.is_primary else None)
+        cb = TrainProgress(enabled=not json and report.err.is_terminal)
+        if json:
+            cb.on_start = lambda header, total, done: None  # type: ignore[method-assign]
+        result = train(r, runtime, Path(run_dir), data_dir=data_dir, resume=resume_dir is not None, callbacks=cb)
+    finally:
+        runtime.close()
+    return result.to_dict() | {"primary": runtime.is_primary}
+
+
+def _torchrun(nproc: int, argv: list[str]) -> None:
+    """``dlcli train ... --nproc-per-node N`` -> ``python -m torch.distributed.run --nproc-per-node N -m dlcli
+    train ...``: torchrun's own launcher (rendezvous, restarts, multi-node flags), replacing this process."""
+    if nproc < 1:
+        raise UsageError(f"--nproc-per-node {nproc}: expected an integer >= 1")
+    if os.environ.get("WORLD_SIZE"):
+        raise UsageError("--nproc-per-node inside a torchrun process: give it to torchrun or to dlcli, not both")
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "dlcli", *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
 
 
 @app.command("train")
@@ -179,7 +215,12 @@ def train_cmd(
                                                           help="channels_last memory format.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Run folder (default runs/<recipe>-<time>).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. optim.momentum=0.9.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in RUN_DIR from last.pt.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", help="Continue the run in RUN_DIR from last.pt. With --epochs N on a finished run: train "
+                         "the added epochs under a new learning-rate schedule spanning just those.")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option(
+        "--nproc-per-node", help="Run N processes on this machine with torchrun (DDP: NCCL on GPUs, gloo on "
+                                 "the CPU); the recipe's batch_size stays the global batch.")] = None,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -192,13 +233,19 @@ def train_cmd(
     * `dlcli train lenet --epochs 3 --device cuda --precision bf16 --compile`
     * `dlcli train lenet --set optim.lr=0.05 --set data.args.val_size=10000`
     * `dlcli train --resume runs/lenet-20260101-120000`
+    * `dlcli train --resume runs/lenet-20260101-120000 --epochs 8`   (3 more epochs, new schedule)
+    * `dlcli train lenet --nproc-per-node 2`   (same as `torchrun --nproc-per-node 2 -m dlcli train lenet`)
     """
-    from dlcli.config import run_dir_for
-
     r, resume_dir = _resolve_recipe(recipe, resume, epochs, batch_size, lr, device, seed, precision, compile,
                                     channels_last, set_)
-    run_dir = resume_dir or run_dir_for(r, out)
-    result = _run_training(r, run_dir, resume_dir is not None, data_dir, json)
+    if nproc_per_node is not None and nproc_per_node != 1:
+        if nproc_per_node > 1 and r.batch_size % nproc_per_node:
+            raise UsageError(f"batch_size {r.batch_size} is not divisible by the {nproc_per_node} processes; it is "
+                             f"the global batch: choose a multiple of {nproc_per_node}")
+        _torchrun(nproc_per_node, list(_ARGV))
+    result = _run_training(r, out, resume_dir, data_dir, json)
+    if not result.pop("primary"):
+        return  # under torchrun, rank 0 alone reports
     if json:
         report.print_json(result)
     else:
@@ -216,12 +263,21 @@ def eval_cmd(
     split: Annotated[str, typer.Option("--split", help="val | test")] = "test",
     device: DeviceOpt = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Folder for figures (default RUN_DIR/eval-SPLIT).")] = None,
+    episodes: Annotated[Optional[int], typer.Option(
+        "--episodes", help="Reinforcement learning runs: greedy evaluation episodes (seeded).")] = None,
+    render: Annotated[bool, typer.Option(
+        "--render", help="Reinforcement learning runs: write a filmstrip PNG of one episode.")] = False,
+    features: Annotated[Optional[str], typer.Option(
+        "--features", help="Generative runs: the classify run whose features give the Fréchet LeNet distance "
+                           "(default: the newest lenet / lenet-fashion run).")] = None,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Rebuild the model from its checkpoint alone and report the recipe's metrics on its evaluation data.
 
-    Examples: `dlcli eval runs/lenet-20260101-120000`, `dlcli eval runs/mlp-xor-.../best.pt --json`
+    Examples: `dlcli eval runs/lenet-20260101-120000`, `dlcli eval runs/mlp-xor-.../best.pt --json`,
+    `dlcli eval runs/dqn-cartpole-... --episodes 100 --render`, `dlcli eval runs/dcgan-mnist-... --features
+    runs/lenet-...`
     """
     from dlcli.checkpoint import load_checkpoint
     from dlcli.registry import TASKS
@@ -231,12 +287,16 @@ def eval_cmd(
 
     if split not in ("val", "test"):
         raise UsageError(f"--split {split!r}: expected val or test")
+    if episodes is not None and episodes < 1:
+        raise UsageError(f"--episodes {episodes}: expected an integer >= 1")
+    options = {k: v for k, v in (("episodes", episodes), ("render", render or None), ("features", features))
+               if v is not None}
     ckpt = load_checkpoint(path)
     r = recipe_of(ckpt)
     runtime = Runtime.create(device or "auto", seed=r.seed)
     out_dir = Path(out) if out else Path(ckpt["path"]).parent / f"eval-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = TASKS.get(r.task).evaluate(ckpt, TaskContext(r, runtime, data_dir), split, out_dir)
+    res = TASKS.get(r.task).evaluate(ckpt, TaskContext(r, runtime, data_dir, eval_options=options), split, out_dir)
     payload = {"checkpoint": ckpt["path"], "recipe": r.name, "split": split, "metrics": res.metrics,
                "tables": [{"title": t, "columns": c, "rows": rows} for t, c, rows in res.tables],
                "figures": res.figures, **res.details}
@@ -264,12 +324,12 @@ def verify_cmd(
 
     Examples: `dlcli verify approx`, `dlcli verify lenet --device cuda`
     """
-    from dlcli.config import run_dir_for
-
     r, _ = _resolve_recipe(recipe, None, None, None, None, device, None, None, None, None, None)
     if not r.expect:
         raise UsageError(f"recipe {r.name} declares no expected result (no 'expect' key) to verify")
-    result = _run_training(r, run_dir_for(r, out), False, data_dir, json)
+    result = _run_training(r, out, None, data_dir, json)
+    if not result.pop("primary"):
+        return
     met = all(e["met"] for e in result["expect"])
     if json:
         report.print_json({"recipe": r.name, "met": met, "expect": result["expect"], "run_dir": result["run_dir"],
@@ -300,9 +360,16 @@ _mount_extensions()
 # ------------------------------------------------------------------------------------------------ main
 
 
+_ARGV: list[str] = []  # the arguments of this invocation (handed on by --nproc-per-node)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script: one clear line for expected errors, never a traceback."""
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("DLCLI_DEBUG", "") not in ("", "0")
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone speaks; the others exit with its code
+        report.error_line = lambda message: None  # type: ignore[assignment]
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="dlcli")
         if isinstance(rc, int) and rc:

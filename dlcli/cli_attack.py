@@ -6,6 +6,7 @@ before anything is loaded; ``dlcli.cli.main`` turns it into one line and exit co
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -23,6 +24,9 @@ attack_app = typer.Typer(
 )
 
 DEFAULT_RECIPE = "lenet"
+CLIP_MODES = ("box", "none", "step")  # dlcli.attacks.deepfool.CLIP_MODES, repeated: this module does not import torch
+CLIP_ALIASES = {"final": "none"}
+GRAD_MODES = ("auto", "loop", "batched")
 
 RunArg = Annotated[Optional[str], typer.Argument(
     help="Run folder (uses best.pt) or checkpoint file; default: the newest runs/lenet-* folder.", metavar="RUN_DIR",
@@ -30,14 +34,25 @@ RunArg = Annotated[Optional[str], typer.Argument(
 NOpt = Annotated[int, typer.Option("--n", help="Number of images, the first N of the split.")]
 NormOpt = Annotated[str, typer.Option("--norm", help="2 | inf: the norm of the perturbation and of ρ.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="val | test: the images to attack.")]
-OutOpt = Annotated[Optional[str], typer.Option("--out", help="Output folder (default RUN_DIR/attack-<attack>-<norm>).")]
+OutOpt = Annotated[Optional[str], typer.Option(
+    "--out", help="Output folder (default RUN_DIR/attack-ATTACK-NORM, e.g. attack-deepfool-l2).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images attacked at once on the device.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", help="CPU threads for torch (default: torch's choice). On a machine busy with other jobs, 1 can be "
                       "several times faster: the attacks run many small operations.")]
 ClipOpt = Annotated[str, typer.Option(
-    "--clip", help="final: iterate as the paper does and clip only the result to [0, 1] (reported); "
-                   "step: clip every iterate, so the label flip is checked on valid images.")]
+    "--clip", help="box: solve every step inside the valid pixel range [0, 1], so every iterate and the written "
+                   "image are valid (default); none: the paper's unconstrained iteration, the written images "
+                   "clamped afterwards (may not fool); step: clamp every iterate (what torchattacks does).")]
+FgsmClipOpt = Annotated[str, typer.Option(
+    "--clip", help="box: search ε on valid images clamp(x + ε·sign, 0, 1), the images written (default); "
+                   "none: the paper's protocol, x + ε·sign unclamped.")]
+GradOpt = Annotated[str, typer.Option(
+    "--grad", help="auto | loop | batched: one backward pass per candidate class (loop) or all candidates in one "
+                   "batched vector-Jacobian product (batched); auto picks the faster one measured for the device.")]
+PaperOpt = Annotated[bool, typer.Option(
+    "--paper-rho/--no-paper-rho", help="Also run the paper's unconstrained iteration on the same images and "
+                                       "print its ρ beside the written images' (the paper's protocol).")]
 
 
 def _norm(norm: str) -> str:
@@ -52,15 +67,23 @@ def _norm(norm: str) -> str:
 def _positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
     if value is None:
         return
+    _finite(name, value)
     if value < 0 or (value == 0 and not allow_zero):
         what = "a non-negative" if allow_zero else "a positive"
         raise UsageError(f"{name} {value}: expected {what} number")
 
 
+def _finite(name: str, value: float | int) -> None:
+    if not math.isfinite(value):
+        raise UsageError(f"{name} {value}: expected a finite number")
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise UsageError(f"{name} {value}: expected {' or '.join(choices)}")
-    return value
+    v = CLIP_ALIASES.get(value, value) if name == "--clip" else value
+    if v not in choices:
+        raise UsageError(f"{name} {value}: expected {', '.join(choices[:-1])} or {choices[-1]}"
+                         if len(choices) > 1 else f"{name} {value}: expected {choices[0]}")
+    return v
 
 
 def _threads(threads: int | None) -> None:
@@ -104,15 +127,16 @@ def _norm_tag(norm: str) -> str:
     return "linf" if norm == "inf" else "l2"
 
 
-def _per_image_setup(run: str | None, *, n: int, batch_size: int, clip: str, split: str,
-                     threads: int | None, device: str | None, data_dir: str | None) -> tuple[Any, ...]:
+def _per_image_setup(run: str | None, *, n: int, batch_size: int, split: str, threads: int | None,
+                     device: str | None, data_dir: str | None, images_dir: str | None = None) -> tuple[Any, ...]:
     """The options DeepFool and FGSM share, checked; then the classifier and its first ``n`` images of ``split``."""
     _positive("--n", n)
     _positive("--batch-size", batch_size)
-    _choice("--clip", clip, ("final", "step"))
     _choice("--split", split, ("val", "test"))
     _threads(threads)
     clf = _load(run, device)
+    if images_dir is not None:
+        return (clf,)
     return (clf, *_images(clf, split, n, data_dir))
 
 
@@ -132,7 +156,12 @@ def deepfool_cmd(
     max_iter: Annotated[int, typer.Option("--max-iter", help="Iterations per image at most.")] = 50,
     candidates: Annotated[int, typer.Option("--candidates", help="Classes searched: the top k by clean logit.")] = 10,
     batch_size: BatchOpt = 256,
-    clip: ClipOpt = "final",
+    clip: ClipOpt = "box",
+    grad: GradOpt = "auto",
+    paper_rho: PaperOpt = True,
+    images: Annotated[Optional[str], typer.Option(
+        "--images", help="Attack your own image files in this folder instead of the data set (resized to the "
+                         "model's input; each attacked away from the model's own prediction).")] = None,
     compare_fgsm: Annotated[bool, typer.Option("--compare-fgsm", help="Also run the fast gradient sign baseline "
                                                "on the same images and print both rows, as in the paper.")] = False,
     device: DeviceOpt = None,
@@ -142,34 +171,56 @@ def deepfool_cmd(
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Multi-class DeepFool (Moosavi-Dezfooli et al., CVPR 2016), batched: ρ_adv, fooling rate, speed, figure.
+    """Multi-class DeepFool (Moosavi-Dezfooli et al., CVPR 2016), batched: fooling rate, ρ_adv, speed, figure.
 
-    Images the model already gets wrong are counted apart with zero perturbation; ρ_adv is the mean of
-    ‖r‖/‖x‖ over the attacked images (the paper's definition), shown beside the paper's value when the model
-    matches a row of its tables. Writes deepfool.csv, perturbations.pt, deepfool.png and summary.json.
+    The headline fooling rate and ρ_adv are those of the adversarial images written, which are valid images
+    in [0, 1] (by default every DeepFool step is solved inside that box). The paper's protocol (the
+    unconstrained iteration, ρ before clipping) is printed beside them, and the paper's own value when the
+    model matches a row of its tables. Images the model already gets wrong are counted apart with zero
+    perturbation. Writes deepfool.csv, perturbations.pt, deepfool.png and summary.json.
 
     Examples:
 
     * `dlcli attack deepfool` (the newest lenet run)
-    * `dlcli attack deepfool runs/lenet-20260101-120000 --norm inf --n 10000`
-    * `dlcli attack deepfool --compare-fgsm`
-    * `dlcli attack deepfool --clip step --json | jq .rho_adv`
+    * `dlcli attack deepfool runs/lenet-modern-20260101-120000 --n 10000 --threads 1`
+    * `dlcli attack deepfool --norm inf --compare-fgsm`
+    * `dlcli attack deepfool --clip none` (the paper's iteration; written images clamped afterwards)
+    * `dlcli attack deepfool --images my_digits/` (your own image files)
+    * `dlcli attack deepfool --json | jq .rho_adv`
     """
-    from dlcli.attacks.runner import run_deepfool
-    from dlcli.report.attack import print_deepfool, progress_bar
+    from dlcli.attacks.runner import run_deepfool, run_deepfool_images
+    from dlcli.report.attack import print_deepfool, print_deepfool_images, progress_bar
 
     norm = _norm(norm)
     _positive("--overshoot", overshoot, allow_zero=True)
     _positive("--max-iter", max_iter)
     if candidates < 2:
         raise UsageError(f"--candidates {candidates}: expected at least 2 (the predicted class and one other)")
-    clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, clip=clip, split=split, threads=threads,
+    clip = _choice("--clip", clip, CLIP_MODES)
+    grad = _choice("--grad", grad, GRAD_MODES)
+    settings = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
+                    clip=clip, grad=grad)
+    if images is not None:
+        if compare_fgsm:
+            raise UsageError("--compare-fgsm needs labelled images; it cannot be combined with --images")
+        (clf,) = _per_image_setup(run, n=n, batch_size=batch_size, split=split, threads=threads, device=device,
+                                  data_dir=data_dir, images_dir=images)
+        from dlcli.attacks.image_files import load_image_folder
+
+        x, names, skipped = load_image_folder(images, clf.input_shape)
+        for name in skipped:
+            report.note(f"--images: skipped {name} (not an image Pillow can read)")
+        with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
+            result = run_deepfool_images(clf, x, names, folder=images, skipped=skipped, progress=bar,
+                                         out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}-images"), **settings)
+        _emit(result, json, print_deepfool_images)
+        return
+    clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, split=split, threads=threads,
                                       device=device, data_dir=data_dir)
     with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
-        result = run_deepfool(clf, x, y, idx, norm=norm, overshoot=overshoot, max_iter=max_iter,
-                              candidates=candidates, batch_size=batch_size, clip=clip, split=split,
+        result = run_deepfool(clf, x, y, idx, paper_protocol=paper_rho, split=split,
                               out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}"),
-                              compare_fgsm=compare_fgsm, progress=bar)
+                              compare_fgsm=compare_fgsm, progress=bar, **settings)
     _emit(result, json, print_deepfool)
 
 
@@ -178,8 +229,10 @@ def fgsm_cmd(
     run: RunArg = None,
     n: NOpt = 1000,
     norm: NormOpt = "2",
-    target_rate: Annotated[float, typer.Option("--target-rate", help="Fooling rate ε must reach (the paper: 0.9).")] = 0.9,
-    clip: ClipOpt = "final",
+    target_rate: Annotated[float, typer.Option("--target-rate",
+                                               help="Fooling rate ε must reach (the paper: 0.9).")] = 0.9,
+    clip: FgsmClipOpt = "box",
+    paper_rho: PaperOpt = True,
     batch_size: BatchOpt = 256,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -191,7 +244,9 @@ def fgsm_cmd(
     """The fast gradient sign baseline under the DeepFool paper's protocol: the smallest ε fooling ≥ 90%, and its ρ.
 
     x + ε·sign(∇ loss), one gradient per image; ε is searched (a grid, then bisection) over forward passes
-    only. `--norm` picks the norm ρ is measured in. `dlcli attack deepfool --compare-fgsm` prints both rows.
+    only, by default on the valid images clamp(x + ε·sign, 0, 1) that are written; the paper's unclamped
+    search is printed beside. `--norm` picks the norm ρ is measured in. `dlcli attack deepfool --compare-fgsm`
+    prints both methods.
 
     Examples:
 
@@ -204,9 +259,10 @@ def fgsm_cmd(
     norm = _norm(norm)
     if not 0 < target_rate <= 1:
         raise UsageError(f"--target-rate {target_rate}: expected a fraction in (0, 1]")
-    clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, clip=clip, split=split, threads=threads,
+    clip = _choice("--clip", clip, ("box", "none"))
+    clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, split=split, threads=threads,
                                       device=device, data_dir=data_dir)
-    result = run_fgsm(clf, x, y, idx, norm=norm, target_rate=target_rate, clip=clip == "step",
+    result = run_fgsm(clf, x, y, idx, norm=norm, target_rate=target_rate, clip=clip, paper_protocol=paper_rho,
                       batch_size=batch_size, split=split, out_dir=_out_dir(out, clf, f"fgsm-{_norm_tag(norm)}"))
     _emit(result, json, print_fgsm)
 
@@ -226,9 +282,12 @@ def universal_cmd(
     fold_batch: Annotated[int, typer.Option("--fold-batch", help="Building images per DeepFool batch; their "
                                             "steps are folded into v one by one (1 = the paper's loop).")] = 32,
     target_runs: Annotated[Optional[list[str]], typer.Option(
-        "--target-runs", help="Other run folders to measure this perturbation on (transferability); repeat the "
-                              "option or separate with commas.")] = None,
-    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp x + v to [0, 1] (valid images).")] = True,
+        "--target-runs", help="Other runs of the same input size (repeat the option or separate with commas): a "
+                              "perturbation is built on every model and measured on every model, the paper's "
+                              "cross-model table (table, transfer.csv, transfer.png).")] = None,
+    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp x + v to [0, 1] while building v "
+                                       "(the reported fooling rates are always those of clamped, valid "
+                                       "images).")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffling and of the random-noise control.")] = 0,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
@@ -238,8 +297,10 @@ def universal_cmd(
 ) -> None:
     """Universal adversarial perturbation (Moosavi-Dezfooli et al., CVPR 2017, Algorithm 1), DeepFool steps batched.
 
-    Reports the fooling rate (prediction changed) on held-out images for v and for random noise of the same
-    norm, and with `--target-runs` on other models. Writes universal.pt, universal.png and summary.json.
+    Reports the fooling rate (prediction changed) of the valid images clamp(x + v, 0, 1) on held-out images,
+    for v and for random noise of the same norm. With `--target-runs` a perturbation is built on every model
+    and each is measured on every model (rows: built on, columns: applied to), with a random-noise row.
+    Writes universal.pt, universal.png, summary.json, and transfer.csv / transfer.png for the matrix.
 
     Examples:
 
@@ -248,7 +309,7 @@ def universal_cmd(
     * `dlcli attack universal --target-runs runs/lenet-a,runs/lenet-b --json`
     * `dlcli attack universal --threads 1` (much faster on a CPU shared with other jobs)
     """
-    from dlcli.attacks.runner import default_xi, run_universal
+    from dlcli.attacks.runner_universal import default_xi, run_universal
     from dlcli.report.attack import print_universal, progress_bar
 
     norm = _norm(norm)

@@ -1,7 +1,7 @@
 """The ``dlcli bench`` command: parse options, call :mod:`dlcli.bench`, hand results to the report.
 
-The lead's ``dlcli.cli`` calls :func:`register` on its Typer app. Errors are raised as ``UsageError`` /
-``DlcliError`` and turned into one line by ``dlcli.cli.main``.
+``dlcli.cli`` calls :func:`register` on its Typer app. Errors are raised as ``UsageError`` / ``DlcliError``
+and turned into one line by ``dlcli.cli.main``. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from dlcli.bench import BenchSpec, append_csv, parse_input_size, run_all, run_benchmark, validate_spec
+from dlcli.config import PRECISIONS
 from dlcli.errors import DlcliError, UsageError
-from dlcli.registry import list_models
-from dlcli.runtime import resolve_device, validate_precision
+
+# torch is imported inside the command only: `dlcli --help` and `dlcli list` must stay cheap.
 
 
 class Mode(str, Enum):
@@ -24,11 +24,8 @@ class Mode(str, Enum):
     both = "both"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    tf32 = "tf32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+# the precisions that dlcli.config names (auto, fp32, tf32, bf16, fp16), as choices of --precision
+Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)  # type: ignore[misc]
 
 
 class Data(str, Enum):
@@ -52,6 +49,7 @@ EPILOG = """Examples:
 * `dlcli bench resnet50 --device cuda --auto-batch` (the largest batch that fits, stated)
 * `dlcli bench lenet5 --data real --data-dir ../shared/data` (the real MNIST loader beside synthetic input)
 * `dlcli bench all --steps 5 --json > bench.json` (one process per model)
+* `dlcli bench lenet5,mlp --steps 5` (these models, one process each, as `all` does)
 * `dlcli bench all --steps 5 --csv runs/bench.csv` (appends rows; the header is written once)
 
 `--json` prints one JSON document on stdout: a list with one flat object per model, mode and input kind;
@@ -60,21 +58,27 @@ each object also carries the environment (device, torch, CUDA, cuDNN, TF32, thre
 
 
 def _complete_model(incomplete: str) -> list[str]:
+    from dlcli.registry import list_models
+
     return [m for m in [*list_models(), "all"] if m.startswith(incomplete)]
 
 
 def bench(
     model: Annotated[
         str,
-        typer.Argument(help="A registered model, or 'all' (one process per model).", autocompletion=_complete_model),
+        typer.Argument(
+            help="A registered model, 'all', or several separated by commas (one process per model).",
+            autocompletion=_complete_model,
+        ),
     ],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", "-b", help="Samples per step [default: 8 on CPU, 128 on CUDA].")
     ] = None,
     mode: Annotated[Mode, typer.Option(help="What to time: a training step, a forward pass, or both.")] = Mode.both,
-    precision: Annotated[Precision, typer.Option(help="fp32, tf32 (CUDA), bf16 or fp16 (CUDA) autocast.")] = (
-        Precision.fp32
+    precision: Annotated[Precision, typer.Option(help="fp32, tf32 (CUDA), bf16 or fp16 (CUDA) autocast; auto: bf16 "
+                                                  "where the hardware runs it natively, else fp32.")] = (
+        Precision.fp32  # type: ignore[attr-defined]
     ),
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format for model and input.")] = (
         False
@@ -105,8 +109,11 @@ def bench(
         Optional[Path], typer.Option("--csv", help="Append one row per result to this CSV file.")
     ] = None,
 ) -> None:
+    from dlcli.bench import BenchSpec, append_csv, parse_input_size, run_all, run_benchmark, validate_spec
+    from dlcli.registry import list_models, model_meta
     from dlcli.report import bench as bench_report  # the report package is the only one importing rich
     from dlcli.report import print_json
+    from dlcli.runtime import resolve_device, validate_precision
 
     spec = BenchSpec(
         model=model,
@@ -127,12 +134,14 @@ def bench(
         seed=seed,
     )
     failures = []
-    if model == "all":
+    if model == "all" or "," in model:
         if spec.input_shape is not None:
-            raise UsageError("--input-size applies to one model; drop it when benchmarking all")
+            raise UsageError(f"--input-size applies to one model; drop it when benchmarking {model}")
+        names = list_models() if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+        for name in names:
+            model_meta(name)  # an unknown name: one UsageError listing the valid ones, before any child starts
         validate_spec(spec)
         validate_precision(spec.precision, resolve_device(spec.device))  # fail once here, not once per model
-        names = list_models()
         results, failures = run_all(names, spec, on_line=bench_report.progress)
     else:
         results = run_benchmark(spec, progress=bench_report.progress)

@@ -24,8 +24,10 @@ from dlcli.errors import ConfigError, UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
-LOSSES = ("cross_entropy", "mse")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: the one place that names precisions; "auto" = bf16 where the hardware runs it natively, else fp32
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+#: keys that older dlcli versions wrote into checkpoints and that are ignored when such a recipe is read back
+LEGACY_KEYS = ("loss",)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class ModelConfig:
 class DataConfig:
     source: str
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the data source
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str  # a registered environment (see ``dlcli list --envs``), e.g. CartPole-v1
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the environment's builder
 
 
 @dataclass(frozen=True)
@@ -63,12 +71,12 @@ class ScheduleConfig:
 class Recipe:
     name: str
     model: ModelConfig
-    data: DataConfig
+    data: DataConfig | None = None  # a data source; recipes that learn from an environment have ``env`` instead
+    env: EnvConfig | None = None  # reinforcement learning: the environment to interact with
     description: str = ""
     task: str = "classify"  # which training loop (a registered task)
     task_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task
     optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: str = "cross_entropy"
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 10
     batch_size: int = 128
@@ -78,6 +86,7 @@ class Recipe:
     precision: str = "fp32"
     compile: bool = False
     channels_last: bool = False
+    sync_batchnorm: bool = False  # BatchNorm statistics over all processes under torchrun
     expect: dict[str, str] = field(default_factory=dict)  # metric -> "OP NUMBER", e.g. ">= 0.99"
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +200,7 @@ def check_expectation(value: float, text: str) -> bool:
     }[op]
 
 
-def _check_values(r: Recipe, source: str) -> None:
+def _check_values(r: Recipe, source: str, check_builders: bool = True) -> None:
     def fail(key: str, expected: str, got: Any) -> None:
         raise ConfigError(f"{source}: {key}: expected {expected}, got {got!r}")
 
@@ -223,8 +232,6 @@ def _check_values(r: Recipe, source: str) -> None:
         fail("schedule.pct_start", "a number in (0, 1)", r.schedule.pct_start)
     if r.schedule.warmup_epochs < 0:
         fail("schedule.warmup_epochs", "a number >= 0", r.schedule.warmup_epochs)
-    if r.loss not in LOSSES:
-        fail("loss", "one of " + ", ".join(LOSSES), r.loss)
     if r.precision not in PRECISIONS:
         fail("precision", "one of " + ", ".join(PRECISIONS), r.precision)
     for metric, text in r.expect.items():
@@ -234,19 +241,24 @@ def _check_values(r: Recipe, source: str) -> None:
             parse_expectation(text)
         except ValueError:
             fail(f"expect.{metric}", 'a comparison such as ">= 0.99" or "<= 0.05"', text)
-    _check_builder_args(r, source)
+    if check_builders:
+        _check_builder_args(r, source)
 
 
 def _check_builder_args(r: Recipe, source: str) -> None:
     """Model, data and task args must name parameters their builders accept (and have the right type)."""
     from dlcli import registry
     from dlcli.data import DATASETS
+    from dlcli.envs import ENVS
 
-    checks = (
+    checks = [
         ("model.name", r.model.name, registry.MODELS, "model.args", r.model.args),
-        ("data.source", r.data.source, DATASETS, "data.args", r.data.args),
         ("task", r.task, registry.TASKS, "task_args", r.task_args),
-    )
+    ]
+    if r.data is not None:
+        checks.insert(1, ("data.source", r.data.source, DATASETS, "data.args", r.data.args))
+    if r.env is not None:
+        checks.insert(1, ("env.id", r.env.id, ENVS, "env.args", r.env.args))
     for name_key, name, reg, args_key, args in checks:
         if name not in reg:
             raise ConfigError(f"{source}: {name_key}: unknown {reg.kind} {name!r}; valid names: {', '.join(reg.names())}")
@@ -261,13 +273,20 @@ def _check_builder_args(r: Recipe, source: str) -> None:
                 _convert(v, hint, f"{args_key}.{k}", source)
 
 
-def recipe_from_dict(data: Any, source: str, name: str) -> Recipe:
+def recipe_from_dict(data: Any, source: str, name: str, *, check_builders: bool = True,
+                     legacy: bool = False) -> Recipe:
+    """Validate a mapping into a Recipe. ``check_builders=False`` skips the checks that need the model, data
+    and task registries (and so torch): ``dlcli list`` stays fast. ``legacy=True`` (recipes read back from
+    checkpoints) drops keys that older versions wrote."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of recipe keys at the top level, got {type(data).__name__}")
     data = dict(data)
+    if legacy:
+        for key in LEGACY_KEYS:
+            data.pop(key, None)
     data.setdefault("name", name)
     recipe = _build(Recipe, data, "", source)
-    _check_values(recipe, source)
+    _check_values(recipe, source, check_builders)
     return recipe
 
 
@@ -275,11 +294,16 @@ def recipe_from_dict(data: Any, source: str, name: str) -> Recipe:
 
 
 def recipes_dir() -> Path:
-    """The folder of built-in recipes: ``DLCLI_RECIPES``, else ``recipes/`` beside the package (editable install)."""
+    """The folder of built-in recipes: ``DLCLI_RECIPES``; else ``dlcli/recipes/`` inside an installed wheel
+    (package data); else ``recipes/`` at the top of a source checkout (editable install)."""
     env = os.environ.get("DLCLI_RECIPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "recipes"
+    here = Path(__file__).resolve().parent
+    packaged = here / "recipes"
+    if packaged.is_dir() and any(packaged.glob("*.yaml")):
+        return packaged
+    return here.parent / "recipes"
 
 
 def recipe_names() -> list[str]:
@@ -315,10 +339,10 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
 
 
-def load_recipe(spec: str) -> Recipe:
+def load_recipe(spec: str, *, check_builders: bool = True) -> Recipe:
     path = recipe_path(spec)
     data = read_yaml(path)
-    return recipe_from_dict(data, str(path), path.stem)
+    return recipe_from_dict(data, str(path), path.stem, check_builders=check_builders)
 
 
 # ---------------------------------------------------------------------------------------------- overrides
@@ -346,6 +370,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], source: str = "--
     data = recipe.to_dict()
     for key, value in overrides.items():
         parts = key.split(".")
+        if len(parts) > 1 and parts[0] in ("data", "env") and data.get(parts[0]) is None:
+            raise ConfigError(f"{source} {key}: this recipe has no {parts[0]!r} section")
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part) if isinstance(node, dict) else None

@@ -6,7 +6,9 @@ in TFLOP/s (10^12 real floating-point operations per second, 2 per multiply-add)
 the table gets no peak and therefore no MFU: an invented peak would make an invented MFU.
 
 Sources (dense = the datasheet's sparse figure halved where only that is printed):
-  H100 SXM, H200 SXM, A100: the project's REFERENCES.md (NVIDIA H100 / H200 / A100 datasheets).
+  H100 SXM: NVIDIA H100 Tensor Core GPU datasheet, SXM column: FP32 67, TF32 989*, BF16/FP16 1,979* (*sparse).
+  H200 SXM: NVIDIA H200 Tensor Core GPU datasheet, SXM column: the same figures as the H100 SXM.
+  A100: NVIDIA A100 Tensor Core GPU datasheet: FP32 19.5, TF32 156 (312*), BF16/FP16 312 (624*).
   H100 PCIe: NVIDIA H100 datasheet, PCIe column: FP32 51, TF32 756*, BF16/FP16 1,513* (*sparse).
   L4: NVIDIA L4 datasheet: FP32 30.3, TF32 120*, BF16/FP16 242* (*sparse).
   RTX 4090: NVIDIA Ada Lovelace architecture whitepaper, appendix table: FP32 82.6; TF32 tensor 82.6;
@@ -33,10 +35,10 @@ class GpuPeak:
     source: str
 
 
-H100_SXM = GpuPeak("H100 SXM", bf16=989.0, tf32=495.0, fp32=67.0, source="NVIDIA H100 datasheet (REFERENCES.md)")
+H100_SXM = GpuPeak("H100 SXM", bf16=989.0, tf32=495.0, fp32=67.0, source="NVIDIA H100 Tensor Core GPU datasheet, SXM")
 H100_PCIE = GpuPeak("H100 PCIe", bf16=756.5, tf32=378.0, fp32=51.0, source="NVIDIA H100 datasheet, PCIe column")
-H200_SXM = GpuPeak("H200 SXM", bf16=989.0, tf32=495.0, fp32=67.0, source="NVIDIA H200 datasheet (REFERENCES.md)")
-A100 = GpuPeak("A100", bf16=312.0, tf32=156.0, fp32=19.5, source="NVIDIA A100 datasheet (REFERENCES.md)")
+H200_SXM = GpuPeak("H200 SXM", bf16=989.0, tf32=495.0, fp32=67.0, source="NVIDIA H200 Tensor Core GPU datasheet, SXM")
+A100 = GpuPeak("A100", bf16=312.0, tf32=156.0, fp32=19.5, source="NVIDIA A100 Tensor Core GPU datasheet")
 L4 = GpuPeak("L4", bf16=121.0, tf32=60.0, fp32=30.3, source="NVIDIA L4 datasheet")
 RTX_4090 = GpuPeak("RTX 4090", bf16=165.2, tf32=82.6, fp32=82.6, source="NVIDIA Ada Lovelace whitepaper")
 

@@ -1,9 +1,13 @@
-"""Device, seed, precision and compilation, resolved once and handed to every training loop and benchmark.
+"""Device, seed, precision, compilation and processes, resolved once and handed to every loop and benchmark.
 
 ``--device auto`` picks CUDA, then MPS, then the CPU. Asking for a device that is not there is an error,
 never a silent fallback. Precision is validated against the device: fp16 autocast needs CUDA (GradScaler
 is used only for fp16), bf16 runs on CUDA devices that support it and on the CPU, tf32 only changes CUDA
-matmul/cuDNN settings.
+matmul/cuDNN settings, and ``auto`` picks bf16 where the hardware runs it natively, fp32 elsewhere.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the runtime joins the process group (NCCL on
+CUDA, gloo on the CPU), takes ``cuda:LOCAL_RANK`` as its device, and ``prepare`` wraps the model in
+``DistributedDataParallel``; ``is_primary`` (rank 0) alone writes files and prints.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import platform
 import random
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from dlcli.errors import DlcliError, UsageError
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+from dlcli.config import PRECISIONS  # the one place that names them
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -102,7 +107,24 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | None]:
+    """``auto`` -> (bf16 or fp32, the reason, for the run header); any other precision -> (itself, None)."""
+    if precision != "auto":
+        return precision, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"precision auto: bf16 ({device_name(device)} has bfloat16 tensor cores)"
+        return "fp32", f"precision auto: fp32 ({device_name(device)} has no native bfloat16)"
+    if device.type == "cpu":
+        if _cpu_has_bf16():
+            return "bf16", "precision auto: bf16 (this CPU has AMX/AVX512-BF16 bfloat16 instructions)"
+        return "fp32", "precision auto: fp32 (this CPU has no native bfloat16 instructions: AMX/AVX512-BF16)"
+    return "fp32", f"precision auto: fp32 (no bfloat16 autocast on {device.type})"
+
+
 def validate_precision(precision: str, device: torch.device) -> None:
+    if precision == "auto":
+        return
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
@@ -125,6 +147,20 @@ class Runtime:
     channels_last: bool = False
     seed: int = 0
     notes: list[str] = field(default_factory=list)  # stated fallbacks, shown in the run header
+    rank: int = 0  # of this process among world_size (torchrun's RANK)
+    local_rank: int = 0  # on this machine (torchrun's LOCAL_RANK)
+    world_size: int = 1
+    sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm when world_size > 1
+    _control_group: Any = field(default=None, repr=False)  # gloo group for CPU-side flags (stop requests)
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0: the one process that chooses the run folder, writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
     @classmethod
     def create(
@@ -134,10 +170,27 @@ class Runtime:
         compile: bool = False,
         channels_last: bool = False,
         seed: int = 0,
+        sync_batchnorm: bool = False,
     ) -> "Runtime":
+        rank, local_rank, world_size = _dist_env()
+        if world_size > 1 and device is not None and device.strip().lower().startswith("cuda:"):
+            raise UsageError(f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; use --device "
+                             "cuda or auto")
         dev = resolve_device(device)
-        validate_precision(precision, dev)
-        rt = cls(device=dev, precision=precision, compile=compile, channels_last=channels_last, seed=seed)
+        if world_size > 1 and dev.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise DlcliError(f"LOCAL_RANK {local_rank}: this machine has {torch.cuda.device_count()} CUDA "
+                                 "device(s); start at most that many processes per node")
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        resolved, why = resolve_precision(precision, dev)
+        validate_precision(resolved, dev)
+        rt = cls(device=dev, precision=resolved, compile=compile, channels_last=channels_last, seed=seed,
+                 rank=rank, local_rank=local_rank, world_size=world_size, sync_batchnorm=sync_batchnorm)
+        if why:
+            rt.notes.append(why)
+        if world_size > 1:
+            rt._init_process_group()
         if compile and dev.type == "mps":
             raise UsageError("--compile is not supported on MPS; drop --compile")
         if compile and dev.type == "cpu":
@@ -146,14 +199,14 @@ class Runtime:
                 raise UsageError(f"--compile on the CPU needs a C++ compiler ({cxx} not found; set CXX or install "
                                  "g++), or drop --compile")
             rt.notes.append("--compile: the first steps compile the model, which can take minutes on a CPU")
-        if precision == "bf16" and dev.type == "cpu" and not _cpu_has_bf16():
+        if resolved == "bf16" and dev.type == "cpu" and not _cpu_has_bf16():
             rt.notes.append("bf16 on a CPU without native bfloat16 instructions (AVX512-BF16/AMX) is emulated "
                             "and usually slower than fp32")
         if channels_last and dev.type == "mps":
             rt.notes.append("channels_last ignored on MPS")
             rt.channels_last = False
         if dev.type == "cuda":
-            tf32 = precision == "tf32"
+            tf32 = resolved == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True
@@ -163,7 +216,8 @@ class Runtime:
     def from_config(cls, cfg: Any) -> "Runtime":
         """``create`` from anything that carries device, precision, compile, channels_last and seed (a
         ``Recipe``, a ``BenchSpec``)."""
-        return cls.create(cfg.device, cfg.precision, cfg.compile, cfg.channels_last, cfg.seed)
+        return cls.create(cfg.device, cfg.precision, cfg.compile, cfg.channels_last, cfg.seed,
+                          getattr(cfg, "sync_batchnorm", False))
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -183,14 +237,84 @@ class Runtime:
         return None
 
     def prepare(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """Move the model to the device (and memory format); returns (model to run, raw model to save)."""
+        """Move the model to the device (and memory format), wrap it in DDP under torchrun and compile it on
+        request; returns (model to run, raw model to save and evaluate)."""
+        if self.distributed and self.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         raw = model
+        if self.distributed and any(p.requires_grad for p in model.parameters()):
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
         if self.compile:
             model = torch.compile(model)
         return model, raw
+
+    # --- processes (torchrun) -------------------------------------------------------------------------
+    def _init_process_group(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            kwargs: dict[str, Any] = {"device_id": self.device} if self.device.type == "cuda" else {}
+            dist.init_process_group(backend=backend, **kwargs)
+        # Flags that the host reads every step (a Ctrl-C on any rank) go through gloo on CPU tensors, so
+        # checking them never waits for the GPU.
+        self._control_group = dist.new_group(backend="gloo") if self.device.type == "cuda" else None
+        self.notes.append(f"distributed: rank {self.rank} of {self.world_size} ({dist.get_backend()})")
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (a CPU all-reduce; no GPU sync)."""
+        if not self.distributed:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._control_group)
+        return bool(t.item())
+
+    def all_reduce_sum(self, *tensors: torch.Tensor) -> None:
+        """Sum tensors (on this runtime's device) across ranks, in place."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (e.g. the run folder rank 0 chose)."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self._control_group)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._control_group)
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous part of ``n`` items (sizes differ by at most one; none repeated)."""
+        from dlcli.batches import shard
+
+        return shard(n, self.rank, self.world_size)
+
+    def close(self) -> None:
+        """Leave the process group (torchrun's processes exit right after)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -214,20 +338,47 @@ class Runtime:
             "seed": self.seed,
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
+            "world_size": self.world_size,
             "notes": list(self.notes),
         }
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put a model in eval mode for the block, restoring its previous mode after."""
-    was_training = model.training
-    model.eval()
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) for a plain process."""
     try:
-        yield model
-    finally:
-        model.train(was_training)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise UsageError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by torchrun)") from None
+    return rank, local, max(1, world)
 
 
-def cpu_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None, *, clip_grad_norm: float | None = None,
+                   parameters: Any = None) -> torch.Tensor | None:
+    """One update: zero the gradients, backward (through the GradScaler for fp16), optionally clip the global
+    gradient norm (after unscaling), step, update the scaler. Returns the norm before clipping, if clipped.
+
+    Every gradient-trained loop (tasks and ``dlcli bench``) calls this, so mixed precision and clipping are
+    done one way everywhere."""
+    optimizer.zero_grad(set_to_none=True)
+    norm = None
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            norm = _clip(optimizer, clip_grad_norm, parameters)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip_grad_norm is not None:
+            norm = _clip(optimizer, clip_grad_norm, parameters)
+        optimizer.step()
+    return norm
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float, parameters: Any) -> torch.Tensor:
+    params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -16,9 +16,12 @@ if os.environ.get("DLCLI_DATA"):  # a relative DLCLI_DATA=../shared/data must su
 
 
 def shared_data_dir() -> Path | None:
-    """``$DLCLI_DATA`` when set, else ``../shared/data`` beside the repository (as laid out for CI)."""
+    """``$DLCLI_DATA`` when set, else ``../shared/data`` beside the repository (as laid out for CI), else the
+    user's cache folder where dlcli downloads data (``~/.cache/dlcli``), so a fresh clone whose data was
+    downloaded once runs every test."""
     env = os.environ.get("DLCLI_DATA")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlcli"
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", cache]:
         if (candidate / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
             return candidate.resolve()  # absolute: the cli fixture runs commands from a temporary folder
     return None

@@ -7,12 +7,23 @@ MNIST (cached for the module) checks batching, bookkeeping and the universal per
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dlcli.attacks import deepfool, fgsm_direction, fgsm_min_eps, fooling_rate, project, random_like, universal_perturbation
+from dlcli.attacks import (
+    deepfool,
+    fgsm_direction,
+    fgsm_min_eps,
+    fooling_matrix,
+    fooling_rate,
+    project,
+    random_like,
+    universal_perturbation,
+)
 from dlcli.attacks.deepfool import check_norm
 
 # ------------------------------------------------------------------------------------------ linear models
@@ -68,7 +79,7 @@ def test_first_step_on_a_linear_classifier_is_the_closed_form_minimal_perturbati
     x = images(32)
     expected = closed_form_l2(model, x).float()
     # one step, no overshoot, no 1e-4: exactly the projection onto the nearest boundary
-    res = deepfool(model, x, norm="2", overshoot=0.0, step_eps=0.0, max_iter=1, candidates=k)
+    res = deepfool(model, x, norm="2", overshoot=0.0, step_eps=0.0, max_iter=1, candidates=k, clip="none")
     got = res.perturbation.flatten(1)
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
     assert (res.iterations == 1).all()
@@ -79,7 +90,7 @@ def test_with_the_papers_settings_the_label_flips_after_one_step(k):
     model = linear_model(k)
     x = images(32)
     step = closed_form_l2(model, x).float()
-    res = deepfool(model, x, norm="2")  # overshoot 0.02, 1e-4 added to the step length
+    res = deepfool(model, x, norm="2", clip="none")  # overshoot 0.02, 1e-4 added to the step length
     assert res.fooled.all() and (res.iterations == 1).all()
     unit = step / step.norm(dim=1, keepdim=True)
     expected = 1.02 * (step + 1e-4 * unit)  # the overshoot multiplies the accumulated perturbation
@@ -94,11 +105,11 @@ def test_candidates_restrict_the_search_to_the_top_classes_by_clean_logit():
     x = images(16, seed=4)
     with torch.no_grad():
         top2 = model(x).topk(2, dim=1).indices
-    res = deepfool(model, x, overshoot=0.0, step_eps=0.0, max_iter=1, candidates=2)
+    res = deepfool(model, x, overshoot=0.0, step_eps=0.0, max_iter=1, candidates=2, clip="none")
     for i in range(16):  # only the runner-up class's boundary is considered
         expected = closed_form_l2(model, x[i : i + 1], classes=top2[i].tolist()).float()
         assert torch.allclose(res.perturbation[i].flatten(), expected[0], atol=1e-5)
-    full = deepfool(model, x, overshoot=0.0, step_eps=0.0, max_iter=1, candidates=6)
+    full = deepfool(model, x, overshoot=0.0, step_eps=0.0, max_iter=1, candidates=6, clip="none")
     assert (full.r_norm <= res.r_norm + 1e-6).all()  # searching more classes never finds a farther boundary
     assert (full.r_norm < res.r_norm - 1e-4).any()
 
@@ -108,7 +119,7 @@ def test_linf_step_is_the_minimal_linf_perturbation_of_a_binary_linear_classifie
     x = images(32, seed=6)
     w, b = weights(model)
     a = w[1] - w[0]
-    res = deepfool(model, x, norm="inf", overshoot=0.0, step_eps=0.0, max_iter=1)
+    res = deepfool(model, x, norm="inf", overshoot=0.0, step_eps=0.0, max_iter=1, clip="none")
     g = x.flatten(1).double() @ (w[0] - w[1]) + (b[0] - b[1])  # f_0 - f_1
     sgn = torch.where(g > 0, 1.0, -1.0).double()  # class 0 predicted where g > 0
     dist = g.abs() / a.abs().sum()  # Hölder: the least ℓ∞ norm of r with a·r = ±g is |g| / ‖a‖₁
@@ -116,17 +127,19 @@ def test_linf_step_is_the_minimal_linf_perturbation_of_a_binary_linear_classifie
     assert torch.allclose(res.r_norm.double(), dist, atol=1e-6, rtol=1e-5)
     assert torch.allclose(r @ a, sgn * g.abs(), atol=1e-4)  # it lands on the boundary
     assert torch.allclose(r.abs(), dist.unsqueeze(1).expand_as(r), atol=1e-6)  # every pixel moves by ±dist
-    flipped = deepfool(model, x, norm="inf")
+    flipped = deepfool(model, x, norm="inf", clip="none")
     assert flipped.fooled.all() and (flipped.iterations == 1).all()
 
 
 def test_bad_arguments_are_value_errors():
     model = linear_model(3)
     x = images(2)
-    for kwargs in ({"norm": "3"}, {"max_iter": 0}, {"candidates": 1}, {"clip": "never"}, {"overshoot": -1}):
+    for kwargs in ({"norm": "3"}, {"max_iter": 0}, {"candidates": 1}, {"clip": "never"}, {"overshoot": -1},
+                   {"grad": "never"}):
         with pytest.raises(ValueError):
             deepfool(model, x, **kwargs)
     assert check_norm(2) == "2" and check_norm(float("inf")) == "inf" and check_norm("Linf") == "inf"
+    assert deepfool(model, x, clip="final").clip == "none"  # the mode's old name still works
 
 
 # ----------------------------------------------------------------------------------- a small MNIST model
@@ -208,19 +221,42 @@ def test_misclassified_images_are_counted_apart_with_zero_perturbation(cnn, mnis
         assert torch.equal(cnn(x[att] + res.perturbation[att]).argmax(1), res.adv_pred[att])
 
 
-def test_step_clipping_gives_valid_fooling_images_and_final_clipping_is_reported(cnn, mnist):
+def test_step_clipping_gives_valid_fooling_images_and_unconstrained_clipping_is_reported(cnn, mnist):
     x, y = mnist[2][:16], mnist[3][:16]
-    final = deepfool(cnn, x, y)
-    att = final.attacked
+    paper = deepfool(cnn, x, y, clip="none")
+    att = paper.attacked
     with torch.no_grad():
-        clipped_pred = cnn((x + final.perturbation).clamp(0, 1)).argmax(1)
-    assert torch.equal(final.adv_pred_clipped[att], clipped_pred[att])
-    assert torch.equal(final.fooled_clipped, att & (clipped_pred != final.clean_pred))
+        clipped_pred = cnn((x + paper.perturbation).clamp(0, 1)).argmax(1)
+    assert torch.equal(paper.adv_pred_clipped[att], clipped_pred[att])
+    assert torch.equal(paper.fooled_clipped, att & (clipped_pred != paper.clean_pred))
+    assert torch.equal(paper.adversarial, (x + paper.perturbation).clamp(0, 1))
     step = deepfool(cnn, x, y, clip="step")
     assert step.fooled_clipped[step.attacked].all()
     assert ((step.adversarial >= 0) & (step.adversarial <= 1)).all()
     assert torch.allclose(step.adversarial - x, step.perturbation, atol=1e-6)
     assert torch.allclose(step.r_norm, step.r_norm_clipped, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_by_default_every_written_image_is_valid_and_fools_the_model(cnn, mnist, norm):
+    x, y = mnist[2][:64], mnist[3][:64]
+    res = deepfool(cnn, x, y, norm=norm)
+    assert res.clip == "box"
+    att = res.attacked
+    assert ((res.adversarial >= 0) & (res.adversarial <= 1)).all()
+    assert torch.equal(res.perturbation, res.adversarial - x)  # the perturbation is exactly what was written
+    with torch.no_grad():
+        pred = cnn(res.adversarial).argmax(1)
+    assert (pred[att] != res.clean_pred[att]).all()  # every written image fools the model
+    assert res.fooled_clipped[att].all() and torch.equal(res.adv_pred[att], res.adv_pred_clipped[att])
+    assert res.iterations[att].float().mean() < 4
+    # The box mattered: the paper's iteration leaves [0, 1] and clamping its images undoes flips.
+    paper = deepfool(cnn, x, y, norm=norm, clip="none")
+    assert ((x + paper.perturbation < 0) | (x + paper.perturbation > 1)).any()
+    assert (paper.fooled & ~paper.fooled_clipped).any()
+    # Valid images at a price in ρ: pixels at 0 or 1 cannot move outwards, so the others move more (in ℓ∞ every
+    # pixel moves by the same amount, so there the price is higher). Measured 1.12x (ℓ2) and 1.38x (ℓ∞).
+    assert res.rho[att].mean() < {"2": 1.25, "inf": 1.5}[norm] * paper.rho[att].mean()
 
 
 def test_linf_norms_are_max_abs_and_rho_divides_by_the_image_norm(cnn, mnist):
@@ -240,9 +276,10 @@ def test_fgsm_eps_on_a_binary_linear_classifier_is_the_90th_percentile_of_minima
     # boundary exactly when ε exceeds the image's minimal ℓ∞ distance |g| / ‖a‖₁ (DeepFool ℓ∞, exact here).
     model = linear_model(2, seed=7)
     x = images(200, seed=8)
-    dist = deepfool(model, x, norm="inf", overshoot=0.0, step_eps=0.0, max_iter=1).r_norm
+    dist = deepfool(model, x, norm="inf", overshoot=0.0, step_eps=0.0, max_iter=1, clip="none").r_norm
     d = fgsm_direction(model, x)
-    res = fgsm_min_eps(model, x, d, target_rate=0.9, norm="inf", eps_max=dist.max().item() * 1.01, bisect_steps=24)
+    res = fgsm_min_eps(model, x, d, target_rate=0.9, norm="inf", eps_max=dist.max().item() * 1.01, bisect_steps=24,
+                       clip=False)  # the paper's protocol: x + ε·sign unclamped
     k = int(torch.tensor(0.9 * 200).ceil())
     quantile = dist.sort().values[k - 1]  # the smallest ε that fools 180 of the 200 images
     assert res.eps == pytest.approx(float(quantile), rel=1e-4)
@@ -261,6 +298,20 @@ def test_fgsm_skips_misclassified_images(cnn, mnist):
     assert res.eps is not None and 0 < res.eps < 1
     assert res.fooled[d.attacked].float().mean() >= 0.9
     assert (res.r_norm[:5] == 0).all()
+
+
+def test_fgsm_searches_eps_on_valid_images_by_default(cnn, mnist):
+    x, y = mnist[2][:100], mnist[3][:100]
+    d = fgsm_direction(cnn, x, y)
+    box = fgsm_min_eps(cnn, x, d)
+    assert box.clip and box.eps is not None
+    with torch.no_grad():
+        pred = cnn((x + box.eps * d.sign).clamp(0, 1)).argmax(1)
+    fooled = d.attacked & (pred != d.clean_pred)
+    assert int(fooled.sum()) / int(d.attacked.sum()) >= 0.9 and torch.equal(fooled, box.fooled_clipped)
+    paper = fgsm_min_eps(cnn, x, d, clip=False)  # the paper's criterion looks at x + ε·sign unclamped
+    assert not paper.clip and paper.eps != box.eps
+    assert torch.equal(paper.fooled, d.attacked & (paper.adv_pred != d.clean_pred))
 
 
 # --------------------------------------------------------------------------------- universal perturbations
@@ -302,21 +353,54 @@ def test_universal_perturbation_fools_far_more_than_random_noise(cnn, mnist):
     assert res.build_fooling_rate == max(res.fooling_history)
 
 
-def test_universal_with_one_image_per_fold_is_the_papers_sequential_loop(cnn, mnist):
+@pytest.mark.parametrize("norm, xi, clip", [("2", 2.0, True), ("inf", 0.2, True), ("inf", 0.2, False)])
+def test_universal_with_one_image_per_fold_is_the_papers_sequential_loop(cnn, mnist, norm, xi, clip):
     # Algorithm 1 written plainly, one image at a time, against fold_batch=1 (same shuffle: the seed's first
-    # permutation). The batched code must fold the same steps in the same order.
-    build, xi, seed = mnist[0][-24:], 2.0, 4
+    # permutation). The batched code must fold the same steps in the same order, with and without clamping.
+    build, seed = mnist[0][-24:], 4
     with torch.no_grad():
         clean = cnn(build).argmax(1)
     v = torch.zeros(1, 28, 28)
     for i in torch.randperm(24, generator=torch.Generator().manual_seed(seed)).tolist():
-        xv = (build[i] + v).clamp(0, 1).unsqueeze(0)
+        xv = (build[i] + v).unsqueeze(0)
+        xv = xv.clamp(0, 1) if clip else xv
         with torch.no_grad():
             if cnn(xv).argmax(1).item() != clean[i].item():
                 continue  # already fooled by v
-        df = deepfool(cnn, xv, norm="2", overshoot=0.02, max_iter=10)
+        df = deepfool(cnn, xv, norm="2", overshoot=0.02, max_iter=10, clip="none")
         if df.fooled[0]:
-            v = project(v + df.perturbation[0], xi, "2")
-    res = universal_perturbation(cnn, build, xi=xi, norm="2", max_passes=1, fold_batch=1, seed=seed)
+            v = project(v + df.perturbation[0], xi, norm)
+    res = universal_perturbation(cnn, build, xi=xi, norm=norm, max_passes=1, fold_batch=1, seed=seed, clip=clip)
     assert res.updates > 5
     assert torch.allclose(res.v, v, atol=1e-5)
+    if norm == "inf":
+        assert res.v.abs().max() <= xi + 1e-7 and (res.v.abs() > xi - 1e-6).any()  # in the ball, and on its edge
+
+
+def test_universal_stops_at_the_first_pass_whose_building_fooling_rate_reaches_one_minus_delta(cnn, mnist):
+    build = mnist[0][-64:]
+    kwargs = dict(xi=0.15, norm="inf", max_passes=3, seed=1)
+    full = universal_perturbation(cnn, build, delta=0.0, **kwargs)  # 1 − δ = 100%: never met, all passes run
+    hist = full.fooling_history
+    assert full.passes == 3 and not full.reached_target and len(hist) == 3
+    assert full.v.abs().max() <= 0.15 + 1e-7
+    assert len(set(hist)) >= 2  # at least two different stopping points are exercised
+    for h in sorted(set(hist)):
+        first = next(p for p, hp in enumerate(hist, 1) if hp >= h)
+        res = universal_perturbation(cnn, build, delta=1 - h + 1e-9, **kwargs)
+        assert res.reached_target and res.passes == first and res.fooling_history == hist[:first], (h, hist)
+
+
+def test_fooling_matrix_measures_every_perturbation_on_every_model(cnn, mnist):
+    x = mnist[2][:300]
+    other = copy.deepcopy(cnn)
+    with torch.no_grad():
+        other.net[-1].weight.mul_(-1)  # a different model with the same input size
+    g = torch.Generator().manual_seed(0)
+    vs = [0.3 * torch.randn(1, 28, 28, generator=g), torch.zeros(1, 28, 28)]
+    rates = fooling_matrix([cnn, other], x, vs)
+    assert len(rates) == 2 and len(rates[0]) == 2
+    for i, v in enumerate(vs):
+        for j, m in enumerate([cnn, other]):
+            assert rates[i][j] == fooling_rate(m, x, v)
+    assert rates[1] == [0.0, 0.0] and rates[0][0] > 0  # a zero perturbation fools nobody

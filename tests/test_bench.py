@@ -1,19 +1,24 @@
-"""dlcli bench: FLOP counts against torchvision's published figures, the peaks table, timing statistics,
-the batch-size search, memory measurement, the JSON/CSV contract, clear errors, and small real runs."""
+"""dlcli bench: FLOP counts against closed forms and torchvision's published figures, the peaks table, the
+timing arithmetic on a model of known step time, the batch-size search, memory measurement, the JSON/CSV
+contract, clear errors, and small real runs."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dlcli import bench, peaks
-from dlcli.bench import BenchResult, BenchSpec, count_flops, find_max_batch, percentile, run_benchmark
+from dlcli.bench import BenchResult, BenchSpec, count_flops, find_max_batch, meters, percentile, run_benchmark
+from dlcli.bench import run as bench_run
+from dlcli.bench import workload
 from dlcli.errors import DlcliError, UsageError
 from dlcli.registry import MODELS, build_model
 
@@ -44,7 +49,8 @@ def temp_model(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- FLOPs
 
-# torchvision's "_ops" metadata (GMACs at 3x224x224) and parameter counts, as in REFERENCES.md
+# torchvision's "_ops" metadata (GMACs at 3x224x224) and parameter counts: the `_ops` and `num_params` of
+# AlexNet_Weights.IMAGENET1K_V1, ResNet18_Weights.IMAGENET1K_V1 and ResNet50_Weights.IMAGENET1K_V1
 PUBLISHED = {"alexnet": (0.714, 61_100_840), "resnet18": (1.814, 11_689_512), "resnet50": (4.089, 25_557_032)}
 
 
@@ -66,6 +72,18 @@ def test_flops_of_a_linear_layer_are_exact(temp_model):
     temp_model("t-linear", lambda: nn.Linear(10, 5), input_shape=(10,))
     fc = count_flops("t-linear", (10,), batch=4)
     assert (fc.forward, fc.backward, fc.params, fc.output_shape) == (100, 100, 55, (5,))
+
+
+def test_lenet5_forward_flops_are_the_closed_form_833040():
+    # 2 FLOPs per multiply-add, per layer: output values x inputs per output value. The 28x28 digit is padded
+    # to 32x32, so C1 makes 6 maps of 28x28 from 5x5 windows, C3 16 maps of 10x10 from 5x5x6 windows.
+    c1 = 2 * 6 * 28 * 28 * (5 * 5 * 1)
+    c3 = 2 * 16 * 10 * 10 * (5 * 5 * 6)
+    c5, f6, out = 2 * 400 * 120, 2 * 120 * 84, 2 * 84 * 10
+    assert c1 + c3 + c5 + f6 + out == 833_040
+    for variant in ("classic", "modern"):  # pooling and the squashing function are not counted
+        fc = count_flops("lenet5", (1, 28, 28), builder_kwargs={"variant": variant})
+        assert fc.forward == 833_040 and fc.params == 61_706 and fc.output_shape == (10,)
 
 
 def test_flops_of_a_model_that_cannot_take_the_input_is_one_clear_error():
@@ -153,9 +171,9 @@ def test_find_max_batch_stops_at_the_limit():
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc/self/clear_refs")
 def test_cpu_peak_memory_is_per_benchmark_not_process_wide():
     big = torch.ones(100_000_000)  # 400 MB, touched
-    process_peak = bench._rss_peak_bytes()
+    process_peak = meters.rss_peak_bytes()
     del big
-    meter = bench._MemoryMeter(torch.device("cpu"))
+    meter = meters.MemoryMeter(torch.device("cpu"))
     meter.start()
     small = torch.ones(10_000_000)  # 40 MB
     peak = meter.peak()
@@ -167,17 +185,132 @@ def test_cpu_peak_memory_is_per_benchmark_not_process_wide():
         assert meter.kind == "cpu_peak_rss_process"
 
 
+# ------------------------------------------------------------------------------ the timing arithmetic
+
+
+class _VirtualTime:
+    """A clock that only moves when the model says so: step times are then known exactly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TakesTime(torch.autograd.Function):
+    """Identity whose backward pass "takes" ``backward_s`` seconds of the virtual clock."""
+
+    @staticmethod
+    def forward(ctx, x, clock, backward_s):
+        ctx.clock, ctx.backward_s = clock, backward_s
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.clock.now += ctx.backward_s
+        return grad, None, None
+
+
+class _KnownTime(nn.Module):
+    """Linear(16 -> 4): 2 x 16 x 4 = 128 FLOPs per sample forward, 128 backward (weights only; the input
+    needs no gradient). A forward pass takes ``forward_s``, a backward pass ``backward_s`` on ``clock``."""
+
+    def __init__(self, clock, forward_s: float, backward_s: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+        self.clock, self.forward_s, self.backward_s = clock, forward_s, backward_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":  # FLOP counting on the meta device takes no time
+            self.clock.now += self.forward_s
+        return _TakesTime.apply(self.fc(x), self.clock, self.backward_s)
+
+
+@pytest.fixture
+def fast_gc(monkeypatch):
+    """The benchmark collects garbage around every measurement (0.2-0.5 s each with torch loaded); a test of
+    its arithmetic does not need that."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda *a: 0)
+
+
+# The H100 SXM's dense peaks (dlcli.peaks) for each precision: MFU must divide by the one the step ran in.
+H100_PEAK = {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+def test_throughput_percentiles_tflops_and_mfu_of_a_model_with_known_step_times(temp_model, monkeypatch, fast_gc,
+                                                                                 precision):
+    clock = _VirtualTime()
+    monkeypatch.setattr(meters.Clock, "host_time", staticmethod(clock))
+    # the CPU as a GPU of known peak: the published H100 figures, whatever the device
+    monkeypatch.setattr(bench_run, "device_peak", lambda _type, _name, p: (H100_PEAK[p], "H100 SXM"))
+    monkeypatch.setattr("dlcli.runtime.validate_precision", lambda *a: None)  # fp16 / tf32 on the CPU
+    fwd_s, bwd_s, opt_s, batch, steps = 0.25, 0.5, 0.125, 6, 3
+
+    def update_takes_time(*_):
+        clock.now += opt_s
+
+    temp_model("t-known", lambda: _KnownTime(clock, fwd_s, bwd_s), input_shape=(16,))
+    hook = register_optimizer_step_post_hook(update_takes_time)  # every optimizer's step takes opt_s
+    try:
+        infer, train = run_benchmark(BenchSpec("t-known", device="cpu", precision=precision, batch_size=batch,
+                                               warmup=2, steps=steps, detail=True))
+    finally:
+        hook.remove()
+
+    assert (infer.precision, train.precision) == (precision, precision)
+    assert infer.flops_per_sample == 128 and train.flops_per_sample == 256
+    for r, step_s in ((infer, fwd_s), (train, fwd_s + bwd_s + opt_s)):
+        assert r.samples_per_s == pytest.approx(batch / step_s, rel=1e-9)  # 24 and 6.857 samples/s
+        assert r.step_ms_p50 == r.step_ms_p99 == pytest.approx(1000 * step_s, rel=1e-9)
+        achieved = r.flops_per_sample * (batch / step_s) / 1e12  # TFLOP/s
+        assert r.achieved_tflops == pytest.approx(achieved, rel=1e-9)
+        assert r.peak_tflops == H100_PEAK[precision] and r.peak_device == "H100 SXM"
+        assert r.mfu == pytest.approx(achieved / H100_PEAK[precision], rel=1e-9)
+    assert infer.forward_ms == pytest.approx(1000 * fwd_s) and infer.backward_ms is None
+    assert train.forward_ms == pytest.approx(1000 * fwd_s) and train.backward_ms == pytest.approx(1000 * bwd_s)
+    assert train.optimizer_ms == pytest.approx(1000 * opt_s)
+
+
+def test_a_model_that_sleeps_is_timed_by_the_real_clock(temp_model, fast_gc):
+    class Sleeps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.device.type != "meta":
+                time.sleep(0.03)
+            return self.fc(x)
+
+    temp_model("t-sleeps", Sleeps, input_shape=(2,))
+    (r,) = run_benchmark(BenchSpec("t-sleeps", device="cpu", modes=("infer",), batch_size=3, warmup=0, steps=3))
+    # a sleep lasts at least what was asked, and on a busy machine somewhat more
+    assert 30.0 <= r.step_ms_p50 < 30.0 + 60.0
+    assert 3 / 0.09 < r.samples_per_s <= 3 / 0.03
+
+
 # ------------------------------------------------------------------------------------------ CPU runs
 
 
 def _check_result(r: BenchResult) -> None:
-    assert r.samples_per_s > 0
-    assert 0 < r.step_ms_p50 <= r.step_ms_p90 <= r.step_ms_p99
+    _check_result_common(r)
     assert r.peak_memory_bytes >= r.memory_baseline_bytes > 0
-    assert r.params > 0 and r.flops_per_sample > 0
-    assert r.achieved_tflops == pytest.approx(r.flops_per_sample * r.samples_per_s / 1e12)
     assert r.mfu is None and r.peak_tflops is None  # no published CPU peak: never an invented MFU
     assert r.env.device == "cpu" and r.env.torch == torch.__version__
+
+
+def _check_result_common(r: BenchResult) -> None:
+    # samples/s comes from the wall time of the whole timed loop, the step times from marks inside it: the
+    # loop takes at least the sum of its steps and, with nothing else in it, not much more
+    loop_vs_steps = r.batch_size / (r.samples_per_s * r.step_ms_mean / 1000)
+    assert 1.0 - 1e-9 <= loop_vs_steps < 1.5
+    assert 0 < r.step_ms_p50 <= r.step_ms_p90 <= r.step_ms_p99
+    assert r.params > 0 and r.flops_per_sample > 0
+    assert r.achieved_tflops == pytest.approx(r.flops_per_sample * r.samples_per_s / 1e12)
 
 
 def test_cpu_bench_of_lenet5_reports_both_modes_with_detail():
@@ -230,12 +363,13 @@ def test_out_of_memory_is_a_clear_error_with_a_smaller_size(temp_model):
 
 
 def test_out_of_memory_is_recognised_in_its_several_forms():
-    assert bench._is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert bench._is_oom(RuntimeError("CUDA error: out of memory"))
-    assert bench._is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
-    assert bench._is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
-    assert not bench._is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x2)"))
-    assert not bench._is_oom(ValueError("out of memory"))
+    assert workload.is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert workload.is_oom(RuntimeError("CUDA error: out of memory"))
+    cpu_oom = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+    assert workload.is_oom(RuntimeError(cpu_oom))
+    assert workload.is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not workload.is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x2)"))
+    assert not workload.is_oom(ValueError("out of memory"))
 
 
 def test_a_model_without_input_shape_needs_input_size(temp_model):
@@ -258,10 +392,15 @@ def test_a_model_without_input_shape_needs_input_size(temp_model):
         (BenchSpec("lenet5", device="cpu", precision="tf32"), "tf32"),
         (BenchSpec("lenet5", device="cpu", auto_batch=True), "--auto-batch .* CUDA"),
         (BenchSpec("mlp", device="cpu", data="real"), "no real data set for input shape 2"),
-        (BenchSpec("lenet5", device="cpu", data="real", data_dir="/nonexistent"), "MNIST not found in /nonexistent"),
+        (BenchSpec("lenet5", device="cpu", data="real", data_dir="/nonexistent"), "MNIST not found under /nonexistent"),
+        (BenchSpec("alexnet", device="cpu", data="real", data_dir="/nonexistent"),
+         "CIFAR-10 image folder not found at /nonexistent/cifar10-jpg/train"),
     ],
 )
-def test_bad_requests_are_one_clear_error(spec, message):
+def test_bad_requests_are_one_clear_error(spec, message, monkeypatch):
+    import dlcli.data
+
+    monkeypatch.setattr(dlcli.data, "_any_reachable", lambda urls, timeout=0: False)  # offline, at once
     with pytest.raises(DlcliError, match=message) as info:
         run_benchmark(spec)
     assert "\n" not in str(info.value)
@@ -285,6 +424,30 @@ def test_real_data_runs_beside_synthetic_and_reports_the_loader():
     from dlcli.report.bench import notes
 
     assert any("real input reaches" in line for line in notes([synthetic, real]))
+
+
+@pytest.mark.parametrize(("shape", "folder"),
+                         [((1, 28, 28), "MNIST"), ((1, 20, 24), "MNIST"), ((3, 16, 16), "cifar10-jpg")])
+def test_real_batches_are_the_source_images_normalised_with_its_statistics(shape, folder):
+    data_dir = _data_dir()
+    if data_dir is None or not (data_dir / folder).is_dir():
+        pytest.skip(f"the shared {folder} files are not here")
+    from dlcli.runtime import Runtime
+
+    real = workload.RealData.open(shape, str(data_dir), seed=0)
+    assert (real.name, len(real.mean)) == (("MNIST", 1) if shape[0] == 1 else ("CIFAR-10", 3))
+    assert real.mean == ((0.1307,) if shape[0] == 1 else (0.4914, 0.4822, 0.4465))  # the sources' statistics
+    batches = workload.Batches(Runtime.create("cpu"), 8, shape, lambda b: torch.zeros(b), real=real,
+                               use_labels=True, workers=0)
+    x, y = batches.next()
+    batches.close()
+    assert x.shape == (8, *shape) and x.dtype == torch.float32 and y.dtype == torch.long
+    mean = torch.tensor(real.mean).view(1, -1, 1, 1)
+    std = torch.tensor(real.std).view(1, -1, 1, 1)
+    pixels = (x * std + mean) * 255  # undo the normalisation: whole grey levels 0..255
+    assert torch.allclose(pixels, pixels.round(), atol=1e-3)
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+    assert pixels.max() > 128 and set(y.tolist()) <= set(range(10))
 
 
 # ----------------------------------------------------------------------------------- output contract
@@ -385,6 +548,13 @@ def test_cli_table_names_the_flop_convention(capsys):
         (["bench", "lenet5", "--batch-size", "0"], 2, "--batch-size 0"),
         (["bench", "lenet5", "--device", "cpu", "--precision", "fp16"], 2, "needs a CUDA device"),
         (["bench", "all", "--input-size", "3,32,32"], 2, "--input-size applies to one model"),
+        (["bench", "lenet5", "--warmup", "-1"], 2, "--warmup -1: must be 0 or more"),
+        (["bench", "lenet5", "--steps", "0"], 2, "--steps 0: must be at least 1"),
+        (["bench", "lenet5", "--input-size", "1,28,x"], 2, "--input-size '1,28,x': expected positive integers"),
+        (["bench", "lenet5", "--input-size", "1,,28"], 2, "--input-size '1,,28': expected positive integers"),
+        (["bench", "lenet5", "--input-size", "0,28,28"], 2, "--input-size '0,28,28': expected positive integers"),
+        (["bench", "lenet5", "--input-size", "1,28,28.5"], 2, "expected positive integers like 3,224,224"),
+        (["bench", "lenet5,nosuch", "--steps", "1"], 2, "unknown model 'nosuch'"),
     ],
 )
 def test_cli_errors_are_one_line(capsys, argv, code, message):
@@ -395,6 +565,29 @@ def test_cli_errors_are_one_line(capsys, argv, code, message):
     assert info.value.code == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_parse_input_size_accepts_commas_and_x():
+    assert bench.parse_input_size("3,224,224") == bench.parse_input_size(" 3x224x224 ") == (3, 224, 224)
+    assert bench.parse_input_size("16") == (16,)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [("all", None), ("lenet5, mlp", ["lenet5", "mlp"])])
+def test_bench_all_and_a_list_hand_every_model_to_child_processes(capsys, monkeypatch, argv, expected):
+    from dlcli.cli import main
+    from dlcli.registry import list_models
+
+    seen = {}
+
+    def fake_run_all(models, spec, on_line):
+        seen["models"], seen["spec"] = list(models), spec
+        return [], []
+
+    monkeypatch.setattr(bench, "run_all", fake_run_all)  # cli_bench looks it up when the command runs
+    main(["bench", argv, "--device", "cpu", "--steps", "1", "--warmup", "1", "--mode", "infer", "--json"])
+    assert seen["models"] == (expected or list_models())
+    assert (seen["spec"].steps, seen["spec"].warmup, seen["spec"].modes) == (1, 1, ("infer",))
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_bench_all_runs_each_model_in_its_own_process():
@@ -422,12 +615,22 @@ def test_pretrained_weights_come_only_from_the_hub_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(DlcliError, match="not in the torch hub cache .*resnet18-f37072fd.pth"):
         build_model("resnet18", pretrained=True)
-    with pytest.raises(UsageError, match="num_classes=1000"):
-        build_model("resnet18", pretrained=True, num_classes=10)
-    # a cached file is loaded (here: weights of a fresh model saved under torchvision's file name)
+    with pytest.raises(UsageError, match="in_channels=3"):
+        build_model("resnet18", pretrained=True, in_channels=1)
+    # a cached file is loaded: weights of a fresh model, saved under torchvision's file name, come back
+    # tensor for tensor (two fresh models never share a random initialisation)
     (tmp_path / "checkpoints").mkdir()
-    torch.save(build_model("alexnet").state_dict(), tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth")
-    assert isinstance(build_model("alexnet", pretrained=True), nn.Module)
+    torch.manual_seed(123)
+    saved = build_model("alexnet").state_dict()
+    torch.save(saved, tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    loaded = build_model("alexnet", pretrained=True).state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert not torch.equal(build_model("alexnet").state_dict()["features.0.weight"], saved["features.0.weight"])
+    # fine-tuning on 10 classes: every layer loaded but the last, which is a fresh 4096 -> 10 layer
+    tuned = build_model("alexnet", pretrained=True, num_classes=10).state_dict()
+    assert tuned["classifier.6.weight"].shape == (10, 4096)
+    assert all(torch.equal(tuned[k], saved[k]) for k in saved if not k.startswith("classifier.6."))
 
 
 # -------------------------------------------------------------------------------------------- CUDA
@@ -441,9 +644,11 @@ def test_cuda_bench_uses_events_allocator_peak_and_mfu():
                                       channels_last=True, warmup=2, steps=5, detail=True))
     for r in results:
         assert r.memory_kind == "cuda_max_memory_allocated" and r.peak_memory_bytes > 11_689_512 * 4
-        assert r.samples_per_s > 0 and r.step_ms_p50 <= r.step_ms_p99
-        assert (r.mfu is None) == (peaks.match_device(r.env.device_name) is None)
-        if r.mfu is not None:
+        _check_result_common(r)
+        peak = peaks.peak_tflops(r.env.device_name, precision)
+        assert r.peak_tflops == peak and (r.mfu is None) == (peak is None)
+        if peak is not None:  # the 16-bit tensor-core peak of this GPU, and the MFU it implies
+            assert r.mfu == pytest.approx(r.achieved_tflops / peak, rel=1e-9)
             assert 0 < r.mfu < 1
 
 

@@ -51,8 +51,10 @@ def test_lenet_recipes_declare_honest_expectations():
     # the bar: 99.0% on MNIST (LeCun 1998: 99.05%); Fashion-MNIST is harder, its bar must be lower
     assert check_expectation(0.990, lenet.expect["test_accuracy"])
     assert not check_expectation(0.9899, lenet.expect["test_accuracy"])
-    op, bar = parse_expectation(fashion.expect["test_accuracy"])
-    assert op == ">=" and 0.85 <= bar < 0.99
+    # Fashion-MNIST is harder: its bar is the 90.0% the README states, inside the 89-91% that LeNet-5 is
+    # typically reported at there and below the recipe's measured 90.99% (seed 0)
+    assert parse_expectation(fashion.expect["test_accuracy"]) == (">=", 0.90)
+    assert check_expectation(0.9099, fashion.expect["test_accuracy"])
 
 
 def test_lenet_modern_differs_from_lenet_only_in_the_variant():
@@ -70,7 +72,12 @@ def test_precision_is_validated_against_the_device():
         Runtime.create("cpu", "fp16")
     with pytest.raises(UsageError, match="expected one of"):
         Runtime.create("cpu", "fp8")
-    assert Runtime.create("cpu", "bf16").autocast() is not None
+    # bf16 autocast on the CPU: a linear layer computes in bfloat16; fp32 leaves it in float32
+    layer, x = nn.Linear(4, 3), torch.randn(2, 4)
+    with Runtime.create("cpu", "bf16").autocast():
+        assert layer(x).dtype == torch.bfloat16
+    with Runtime.create("cpu", "fp32").autocast():
+        assert layer(x).dtype == torch.float32
 
 
 def test_compile_keeps_the_uncompiled_model_for_saving():

@@ -7,121 +7,96 @@ iterate and takes the smallest step onto the nearest linearised decision boundar
 label changes or ``max_iter`` steps were taken. As in the authors' reference code, 1e-4 is added to every
 step length and the overshoot multiplies the accumulated perturbation: x_{i+1} = x + (1 + η)·r_tot.
 
-Batching: all images of a chunk advance together. Images are independent in an eval-mode model, so the
-gradient of Σ_b (f_{k_b}(x_b) − f_{k̂_b}(x_b)) with respect to the batch is the stack of the per-image
-gradients: one backward pass per candidate class gives every image's w'_k. Images leave the batch as soon
-as their label flips, so late iterations only pay for the few images still running.
+Three ways to deal with the valid pixel range [0, 1] (``clip``):
+
+* ``"box"`` (the default): each linearised step is solved subject to the box, x_{i+1} ∈ [0, 1]
+  (:func:`dlcli.attacks.linear_step.box_step`): pixels at a bound that the step would push further out leave
+  the step and its length is recomputed on the rest. Every iterate is a valid image, the label flip is
+  checked on it, and the returned adversarial image is the iterate that flipped, overshoot included. When no
+  pixel meets a bound this is the paper's iteration exactly.
+* ``"none"``: the paper's iteration, unconstrained. ρ is the paper's; the written images are
+  clamp(x + r̂, 0, 1) and may no longer fool the model (reported apart).
+* ``"step"``: the paper's steps, but every iterate is clamped to [0, 1] while r_tot keeps the unclamped
+  steps (what torchattacks does, the like-for-like mode in benchmarks).
+
+Batching: all images of a chunk advance together and leave as soon as their label flips. Images are
+independent in an eval-mode model, so the gradient of Σ_b (f_{k_b}(x_b) − f_{k̂_b}(x_b)) with respect to
+the batch is the stack of the per-image gradients. ``grad="loop"`` takes one backward pass per candidate
+class; ``grad="batched"`` takes all of them in one call (vector-Jacobian products batched with
+``torch.autograd.grad(..., is_grads_batched=True)``). Which is faster depends on the device and the model
+(``benchmarks/attack_gpu_bench.py`` measures both); ``"auto"`` picks the measured winner per device type.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-NORMS = ("2", "inf")
-CLIP_MODES = ("final", "step")
+from dlcli.attacks.common import (  # re-exported: older code imports them from here
+    NORMS,
+    PerImageOutcome,
+    check_norm,
+    frozen_eval,
+    lp_norm,
+    model_device,
+)
+from dlcli.attacks.linear_step import box_step, free_step
+
+__all__ = ["CLIP_MODES", "GRAD_MODES", "NORMS", "DeepFoolResult", "PerImageOutcome", "check_clip", "check_norm",
+           "deepfool", "frozen_eval", "lp_norm", "model_device", "resolve_grad"]
+
+CLIP_MODES = ("box", "none", "step")
+CLIP_ALIASES = {"final": "none"}  # the name "none" had before box mode existed
+GRAD_MODES = ("auto", "loop", "batched")
+# grad="auto" per device type: measured with benchmarks/attack_gpu_bench.py (benchmarks/RESULTS.md, "Attacks").
+AUTO_GRAD = {"cpu": "loop", "cuda": "batched"}
 STEP_EPS = 1e-4  # added to every step length by the authors' reference implementation
-_TINY = 1e-12  # guards divisions by a zero gradient norm
 
 Progress = Callable[[int, int], None]  # (images finished, images in total)
-
-
-class PerImageOutcome:
-    """What every per-image attack result derives from its tensors (DeepFool's and FGSM's alike)."""
-
-    attacked: Tensor  # (B,) bool
-    clean_pred: Tensor  # (B,) int64, k̂(x)
-    adv_pred: Tensor  # (B,) int64, the prediction the attack's own criterion saw
-    adv_pred_clipped: Tensor  # (B,) int64, k̂ of the valid (clamped) image
-    r_norm: Tensor  # (B,) ‖r‖_p
-    x_norm: Tensor  # (B,) ‖x‖_p
-
-    @property
-    def fooled(self) -> Tensor:
-        """(B,) bool: attacked and the attack's own criterion changed the label."""
-        return self.attacked & (self.adv_pred != self.clean_pred)
-
-    @property
-    def fooled_clipped(self) -> Tensor:
-        """(B,) bool: attacked and the valid image clamp(x + r, 0, 1) changed the label."""
-        return self.attacked & (self.adv_pred_clipped != self.clean_pred)
-
-    @property
-    def rho(self) -> Tensor:
-        """(B,) ‖r‖_p / ‖x‖_p, the per-image term of the paper's ρ_adv."""
-        return self.r_norm / self.x_norm.clamp_min(_TINY)
 
 
 @dataclass
 class DeepFoolResult(PerImageOutcome):
     """Per-image DeepFool results; every tensor is on the CPU, indexed like the input batch.
 
-    ``perturbation`` is r̂ = (1 + η)·r_tot in pixel units. With ``clip="final"`` it is the paper's,
-    unclipped perturbation and ``adversarial`` = clamp(x + r̂, 0, 1) may differ from x + r̂; with
-    ``clip="step"`` every iterate was clipped, so r̂ = adversarial − x exactly.
+    ``adversarial`` is the image the attack hands out, always in [0, 1]. With ``clip="box"`` or ``"step"``
+    it is the iterate the label flipped at and ``perturbation`` = adversarial − x exactly; with
+    ``clip="none"`` ``perturbation`` is the paper's unclipped r̂ = (1 + η)·r_tot and ``adversarial`` =
+    clamp(x + r̂, 0, 1), which may not fool the model (``fooled`` vs ``fooled_clipped``).
     """
 
     perturbation: Tensor  # (B, C, H, W) float32, zero where not attacked
-    adversarial: Tensor  # (B, C, H, W) float32, clamp(x + r̂, 0, 1)
+    adversarial: Tensor  # (B, C, H, W) float32 in [0, 1]
     norm: str  # "2" or "inf": the norm of the attack and of ``r_norm``
+    clip: str  # "box", "none" or "step"
     r_norm: Tensor  # (B,) ‖r̂‖_p
-    r_norm_clipped: Tensor  # (B,) ‖clamp(x + r̂, 0, 1) − x‖_p, the perturbation a valid image carries
+    r_norm_clipped: Tensor  # (B,) ‖adversarial − x‖_p, the perturbation the written image carries
     x_norm: Tensor  # (B,) ‖x‖_p, so that ρ = r_norm / x_norm
     clean_pred: Tensor  # (B,) int64, k̂(x)
-    adv_pred: Tensor  # (B,) int64, k̂(x + r̂): the iterate the algorithm stopped at
-    adv_pred_clipped: Tensor  # (B,) int64, k̂(clamp(x + r̂, 0, 1))
+    adv_pred: Tensor  # (B,) int64, k̂ of the iterate the algorithm stopped at
+    adv_pred_clipped: Tensor  # (B,) int64, k̂(adversarial)
     attacked: Tensor  # (B,) bool; False for images already misclassified (when labels were given)
     iterations: Tensor  # (B,) int64, DeepFool steps taken
     grad_evals: Tensor  # (B,) int64, vector-Jacobian products (one per candidate class and step)
-
-    @property
-    def rho_clipped(self) -> Tensor:
-        """(B,) ‖clamp(x + r̂, 0, 1) − x‖_p / ‖x‖_p."""
-        return self.r_norm_clipped / self.x_norm.clamp_min(_TINY)
+    grad: str = "loop"  # how the gradients were taken: "loop" or "batched"
 
 
-def check_norm(norm: str | int | float) -> str:
-    """'2', 2, 'inf', float('inf') -> '2' | 'inf'; anything else is a ValueError naming the choices."""
-    s = str(norm).strip().lower()
-    s = {"2.0": "2", "l2": "2", "linf": "inf", "infinity": "inf"}.get(s, s)
-    if s not in NORMS:
-        raise ValueError(f"norm {norm!r}: expected 2 or inf")
-    return s
+def check_clip(clip: str) -> str:
+    """'box' | 'none' | 'step' (and the old name 'final' for 'none'); anything else is a ValueError."""
+    c = CLIP_ALIASES.get(str(clip).strip().lower(), str(clip).strip().lower())
+    if c not in CLIP_MODES:
+        raise ValueError(f"clip {clip!r}: expected one of {', '.join(CLIP_MODES)}")
+    return c
 
 
-def lp_norm(t: Tensor, norm: str) -> Tensor:
-    """(B, ...) -> (B,) the ℓ2 or ℓ∞ norm of each flattened row."""
-    flat = t.flatten(1)
-    return flat.norm(dim=1) if norm == "2" else flat.abs().amax(dim=1)
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (no batch-norm coupling between images, no dropout) and no parameter gradients.
-
-    Gradients are only needed with respect to the input; switching them off for the weights keeps autograd
-    from building (and the backward pass from computing) weight gradients. Both are restored afterwards.
-    """
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def resolve_grad(grad: str, device: torch.device) -> str:
+    """'auto' -> the measured faster strategy on this device type; 'loop' | 'batched' as given."""
+    if grad not in GRAD_MODES:
+        raise ValueError(f"grad {grad!r}: expected one of {', '.join(GRAD_MODES)}")
+    return AUTO_GRAD.get(device.type, "loop") if grad == "auto" else grad
 
 
 def deepfool(
@@ -134,7 +109,8 @@ def deepfool(
     max_iter: int = 50,
     candidates: int = 10,
     batch_size: int | None = None,
-    clip: str = "final",
+    clip: str = "box",
+    grad: str = "auto",
     step_eps: float = STEP_EPS,
     progress: Progress | None = None,
 ) -> DeepFoolResult:
@@ -143,38 +119,37 @@ def deepfool(
     ``labels`` (B,) are the true classes: images the model already gets wrong are not attacked (zero
     perturbation, ``attacked`` False). Without labels every image is attacked away from its own prediction.
     ``candidates`` is the number of classes searched, the clean prediction included (the reference code's
-    top 10 by clean logit). ``batch_size`` images are attacked at once (all of them when None).
-    ``clip="final"`` iterates as the paper does and clips only the returned adversarial images;
-    ``clip="step"`` clips every iterate to [0, 1], so the label flip is checked on valid images.
+    top 10 by clean logit). ``batch_size`` images are attacked at once (all of them when None). ``clip`` and
+    ``grad``: see the module docstring.
     """
     norm = check_norm(norm)
-    if clip not in CLIP_MODES:
-        raise ValueError(f"clip {clip!r}: expected one of {', '.join(CLIP_MODES)}")
+    clip = check_clip(clip)
     if x.dim() != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     if candidates < 2:
         raise ValueError(f"candidates must be at least 2 (the clean class and one other), got {candidates}")
-    if overshoot < 0:
-        raise ValueError(f"overshoot must be non-negative, got {overshoot}")
+    if not overshoot >= 0 or overshoot == float("inf"):  # also refuses NaN
+        raise ValueError(f"overshoot must be a finite non-negative number, got {overshoot}")
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or infinite values")
+    device = model_device(model)
+    grad = resolve_grad(grad, device)
     n = x.shape[0]
     chunk = n if not batch_size or batch_size >= n else int(batch_size)
-    device = model_device(model)
     parts: list[dict[str, Tensor]] = []
     done = 0
     with frozen_eval(model):
         for start in range(0, max(n, 1), max(chunk, 1)):
             xb = x[start : start + chunk].to(device, torch.float32)
             yb = None if labels is None else labels[start : start + chunk].to(device)
-            parts.append(
-                _deepfool_chunk(model, xb, yb, norm, overshoot, max_iter, candidates, clip, step_eps)
-            )
+            parts.append(_deepfool_chunk(model, xb, yb, norm, overshoot, max_iter, candidates, clip, grad, step_eps))
             done += xb.shape[0]
             if progress is not None:
                 progress(done, n)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return DeepFoolResult(norm=norm, **cat)
+    return DeepFoolResult(norm=norm, clip=clip, grad=grad, **cat)
 
 
 def _deepfool_chunk(
@@ -186,6 +161,7 @@ def _deepfool_chunk(
     max_iter: int,
     candidates: int,
     clip: str,
+    grad: str,
     step_eps: float,
 ) -> dict[str, Tensor]:
     """DeepFool on one chunk that fits the device at once; returns CPU tensors for :class:`DeepFoolResult`."""
@@ -216,17 +192,19 @@ def _deepfool_chunk(
             idx = idx[running]
             xi = _iterate(x0[idx], r_tot[idx], scale, clip).requires_grad_(True)
             logits = model(xi)
-        r_tot[idx] += _step(logits, xi, cand[idx], norm, step_eps)
+        r_tot[idx] += _step(logits, xi, cand[idx], norm, step_eps, clip, scale, grad)
         iterations[idx] += 1
 
-    # Each step evaluated k - 1 gradients of f_k - f_k̂ (one backward pass each).
+    # Each step evaluated k - 1 gradients of f_k - f_k̂ (vector-Jacobian products, batched or not).
     grad_evals = iterations * (k - 1)
-    r_hat = torch.where(attacked.view(-1, 1, 1, 1), r_tot * scale, torch.zeros_like(r_tot))
+    keep = attacked.view(-1, 1, 1, 1)
+    r_hat = torch.where(keep, r_tot * scale, torch.zeros_like(r_tot))
+    # The iterate as _iterate built it (box mode: already valid; the clamp only removes rounding).
     adversarial = (x0 + r_hat).clamp(0.0, 1.0)
-    if clip == "step":
-        r_hat = adversarial - x0  # the iterates were clipped, so this is the perturbation that was applied
+    if clip != "none":
+        r_hat = adversarial - x0  # the perturbation the valid image carries, exactly
     with torch.no_grad():
-        adv_pred_clipped = _predict(model, adversarial)
+        adv_pred_clipped = model(adversarial).argmax(dim=1)
     adv_pred_clipped = torch.where(attacked, adv_pred_clipped, clean)
     return {
         "perturbation": r_hat.cpu(),
@@ -244,39 +222,54 @@ def _deepfool_chunk(
 
 
 def _iterate(x0: Tensor, r_tot: Tensor, scale: float, clip: str) -> Tensor:
-    """x_i = x + (1 + η)·r_tot, clipped to [0, 1] in ``clip="step"`` mode."""
-    xi = x0 + scale * r_tot
-    return xi.clamp(0.0, 1.0) if clip == "step" else xi
+    """x_i = x + (1 + η)·r_tot, clamped to [0, 1] unless ``clip="none"`` (in box mode it only removes rounding)."""
+    xi = x0 + r_tot * scale
+    return xi if clip == "none" else xi.clamp(0.0, 1.0)
 
 
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    return model(x).argmax(dim=1)
+def _candidate_grads(f_diff: Tensor, xi: Tensor, grad: str) -> Tensor | None:
+    """(k-1, a, D) gradients of every column of ``f_diff`` (a, k-1) in one batched call, or None for "loop"."""
+    if grad != "batched":
+        return None
+    a, k1 = f_diff.shape
+    basis = torch.eye(k1, device=xi.device, dtype=f_diff.dtype).unsqueeze(1).expand(k1, a, k1)  # (k-1, a, k-1)
+    (g,) = torch.autograd.grad(f_diff, xi, grad_outputs=basis, is_grads_batched=True)
+    return g.flatten(2)  # (k-1, a, C·H·W)
 
 
-def _step(logits: Tensor, xi: Tensor, cand: Tensor, norm: str, step_eps: float) -> Tensor:
-    """One DeepFool step for every image of the batch: (a, C, H, W) in pixel units.
+def _step(logits: Tensor, xi: Tensor, cand: Tensor, norm: str, step_eps: float, clip: str, scale: float,
+          grad: str) -> Tensor:
+    """One DeepFool step for every image of the batch: (a, C, H, W) in pixel units, before the overshoot.
 
     ``logits`` (a, K) were computed from ``xi`` (a, C, H, W) with autograd on; ``cand`` (a, k) holds the
-    candidate classes, the clean prediction first. Candidates are visited one at a time (one backward pass
-    each) keeping, per image, the one with the smallest distance to its linearised boundary; only two
-    (a, D) gradient buffers are alive at once, whatever k is.
+    candidate classes, the clean prediction first. Per image the candidate with the smallest step is kept.
+    With ``grad="loop"`` candidates are visited one backward pass at a time keeping the running best, so only
+    a few (a, D) buffers are alive whatever k is; with ``grad="batched"`` all (k-1, a, D) gradients come
+    from one call and the steps of all candidates are computed at once.
     """
     f = logits.gather(1, cand)  # (a, k)
     f_diff = f[:, 1:] - f[:, :1]  # (a, k-1): f'_k = f_k - f_k̂, negative while the label holds
     a, k1 = f_diff.shape
-    best_dist = torch.full((a,), float("inf"), device=xi.device)
-    best_w = torch.zeros(a, xi[0].numel(), device=xi.device)  # (a, D) w'_l of the chosen class
+    f_abs = f_diff.detach().abs()
+    flat = xi.detach().flatten(1)  # (a, D)
+    lo, hi = -flat / scale, (1.0 - flat) / scale  # box mode: x + (1 + η)(r_tot + r) stays in [0, 1]
+
+    def steps(w: Tensor, fa: Tensor) -> tuple[Tensor, Tensor]:
+        if clip == "box":
+            return box_step(w, fa, lo, hi, norm, step_eps)
+        return free_step(w, fa, norm, step_eps)
+
+    grads = _candidate_grads(f_diff, xi, grad)
+    if grads is not None:
+        r, key = steps(grads, f_abs.t())  # (k-1, a, D), (k-1, a)
+        best = key.argmin(dim=0)  # (a,)
+        return r.gather(0, best.view(1, a, 1).expand(1, a, r.shape[2])).squeeze(0).view_as(xi)
+    best_key = torch.full((a,), float("inf"), device=xi.device)
+    best_r = torch.zeros_like(flat)  # (a, D)
     for j in range(k1):
-        (grad,) = torch.autograd.grad(f_diff[:, j].sum(), xi, retain_graph=j < k1 - 1)
-        w = grad.flatten(1)  # (a, D): ∇f_k - ∇f_k̂, per image because images do not interact
-        w_norm = w.norm(dim=1) if norm == "2" else w.abs().sum(dim=1)  # dual norm of the attack's norm
-        dist = f_diff[:, j].detach().abs() / w_norm.clamp_min(_TINY)
-        better = dist < best_dist
-        best_dist = torch.where(better, dist, best_dist)
-        best_w = torch.where(better.unsqueeze(1), w, best_w)
-    length = best_dist + step_eps  # (a,) step length in the attack's norm
-    if norm == "2":
-        direction = best_w / best_w.norm(dim=1, keepdim=True).clamp_min(_TINY)
-    else:
-        direction = best_w.sign()  # ℓ∞: |f'_l| / ‖w'_l‖₁ · sign(w'_l)
-    return (length.unsqueeze(1) * direction).view_as(xi)
+        (g,) = torch.autograd.grad(f_diff[:, j].sum(), xi, retain_graph=j < k1 - 1)
+        r, key = steps(g.flatten(1), f_abs[:, j])  # per image because images do not interact
+        better = key < best_key
+        best_key = torch.where(better, key, best_key)
+        best_r = torch.where(better.unsqueeze(1), r, best_r)
+    return best_r.view_as(xi)

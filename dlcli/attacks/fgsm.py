@@ -6,6 +6,10 @@ x_adv = x + ε·sign(∇ₓ loss(x, k̂(x))), with ε the smallest value that ch
 The gradient sign does not depend on ε, so it is computed once (one backward pass per image) and the
 search over ε only costs forward passes: a coarse grid finds the first ε that reaches the target rate, then
 bisection narrows the interval between it and the grid point below.
+
+Valid images by default (``clip=True``): the criterion looks at clamp(x + ε·s, 0, 1), the image a user gets,
+which is the box treatment of DeepFool for a single step (a pixel at a bound that the sign pushes further
+out does not move). ``clip=False`` is the paper's protocol, x + ε·s unclamped.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dlcli.attacks.deepfool import PerImageOutcome, check_norm, frozen_eval, lp_norm, model_device
+from dlcli.attacks.common import PerImageOutcome, check_norm, frozen_eval, lp_norm, model_device
 
 
 @dataclass
@@ -34,7 +38,7 @@ class FGSMResult(PerImageOutcome):
 
     eps: float | None  # None when even ``eps_max`` does not reach the target
     target_rate: float  # e.g. 0.9
-    clip: bool  # whether the fooling criterion used clamp(x + ε·s, 0, 1)
+    clip: bool  # whether the fooling criterion used the valid image clamp(x + ε·s, 0, 1)
     norm: str  # the norm ρ is measured in ("2" or "inf")
     r_norm: Tensor  # (B,) ‖r‖_p of the perturbation the criterion used (clipped when ``clip``); 0 if not attacked
     r_norm_clipped: Tensor  # (B,) ‖clamp(x + ε·sign, 0, 1) − x‖_p
@@ -46,9 +50,8 @@ class FGSMResult(PerImageOutcome):
     searched: list[tuple[float, float]] = field(default_factory=list)  # (ε, fooling rate) evaluated
 
 
-
 def fgsm_direction(model: nn.Module, x: Tensor, labels: Tensor | None = None, *, batch_size: int = 256) -> FGSMDirection:
-    """sign(∇ₓ cross-entropy(f(x), k̂(x))) for every image: one backward pass per image.
+    """sign(∇ₓ cross-entropy(f(x), k̂(x))) for every image: one backward pass per batch of images.
 
     The loss uses the clean prediction, which equals the true label for every attacked image; images the
     model already misclassifies (when ``labels`` are given) are marked not attacked and get a zero sign.
@@ -91,7 +94,7 @@ def fgsm_min_eps(
     *,
     target_rate: float = 0.9,
     norm: str = "2",
-    clip: bool = False,
+    clip: bool = True,
     eps_max: float = 1.0,
     grid: int = 32,
     bisect_steps: int = 16,
@@ -102,7 +105,7 @@ def fgsm_min_eps(
     The fooling rate is not guaranteed to grow with ε, so "smallest" means: the first of ``grid`` evenly
     spaced values in (0, eps_max] that reaches the target, refined by bisection against the value below it
     (resolution eps_max / grid / 2**bisect_steps). ``clip`` decides whether the criterion looks at
-    clamp(x + ε·s, 0, 1) (valid images) or at x + ε·s as the paper did.
+    clamp(x + ε·s, 0, 1) (valid images, the default) or at x + ε·s as the paper did.
     """
     norm = check_norm(norm)
     if not 0 < target_rate <= 1:

@@ -3,6 +3,10 @@
 Every ``run_*`` function takes a loaded classifier (``dlcli.runs.Classifier``: ``.model`` maps [0, 1] pixels
 to logits, normalisation inside) and CPU tensors, times the attack alone (device synchronised, no file I/O),
 writes the output folder and returns a plain, JSON-ready dict. Nothing here prints.
+
+Headline numbers are those of the images the command writes, which are always valid images in [0, 1]; the
+paper's protocol (the unconstrained iteration, ρ measured before any clipping) is reported beside them under
+``paper_protocol``. The universal perturbation's runner is ``dlcli.attacks.runner_universal``.
 """
 
 from __future__ import annotations
@@ -17,47 +21,59 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from dlcli.attacks.deepfool import STEP_EPS, DeepFoolResult, check_norm, deepfool, model_device
+from dlcli.attacks.common import check_norm, model_device
+from dlcli.attacks.deepfool import STEP_EPS, DeepFoolResult, check_clip, deepfool
 from dlcli.attacks.fgsm import FGSMResult, fgsm_direction, fgsm_min_eps
-from dlcli.attacks.universal import (
-    PassProgress,
-    fooling_rate,
-    predict,
-    random_like,
-    universal_perturbation,
-)
+from dlcli.attacks.figures import save_side_by_side, save_triptych
 from dlcli.runtime import Runtime, device_name
 
 Progress = Callable[[int, int], None]
 
-# The papers' numbers for the rows our models match (REFERENCES.md). DeepFool paper, Table 1 (ℓ2, ρ_adv) and
-# Table 2 (ℓ∞); fast gradient sign in the same tables. Keyed by (model family, data source).
-PAPER_RHO: dict[tuple[str, str], dict[str, Any]] = {
-    ("lenet", "mnist"): {
-        "row": "LeNet on MNIST",
-        "deepfool": {"2": 0.20, "inf": 0.10},
-        "fgsm": {"2": 1.0, "inf": 0.26},
-    },
-    ("lenet", "cifar10"): {
-        "row": "LeNet on CIFAR-10",
-        "deepfool": {"2": 0.030},
-        "fgsm": {},
-    },
+# The DeepFool paper's ρ_adv (Moosavi-Dezfooli et al. 2016; Table 1 is ℓ2, Table 2 is ℓ∞) by data set: the rows
+# beside which dlcli's ρ is reported. A row whose model family matches the run's is its direct counterpart
+# (``paper``); the others are anchors for the same data (``paper_anchors``).
+PAPER_ROWS: dict[str, list[dict[str, Any]]] = {
+    "mnist": [
+        {"model": "LeNet", "family": "lenet", "deepfool": {"2": 0.20, "inf": 0.10}, "fgsm": {"2": 1.0, "inf": 0.26}},
+        {"model": "FC500-150-10", "family": "mlp", "deepfool": {"2": 0.11}, "fgsm": {}},
+    ],
+    "cifar10": [
+        {"model": "NIN", "family": "nin", "deepfool": {"2": 0.023}, "fgsm": {}},
+        {"model": "LeNet", "family": "lenet", "deepfool": {"2": 0.030}, "fgsm": {}},
+    ],
+    "imagenet": [
+        {"model": "CaffeNet", "family": "alexnet", "deepfool": {"2": 0.0027}, "fgsm": {}},
+        {"model": "GoogLeNet", "family": "googlenet", "deepfool": {"2": 0.0019}, "fgsm": {}},
+    ],
 }
+DATA_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "imagenet": "ILSVRC 2012"}
 
 PERCENTILES = (5, 25, 50, 75, 95)
 FIGURE_EXAMPLES = 8
 
 
+def _data_key(source: str) -> str:
+    s = str(source).lower().replace("-", "").replace("_", "")
+    return "imagenet" if s.startswith("imagenet") or s.startswith("ilsvrc") else s
+
+
+def paper_anchors(recipe: Any, method: str, norm: str) -> list[dict[str, Any]]:
+    """Every row of the DeepFool paper's tables for this run's data set and norm: [{"row", "rho_adv"}]."""
+    key = _data_key(recipe.data.source)
+    table = 1 if norm == "2" else 2
+    return [{"row": f"{r['model']} on {DATA_NAMES[key]}, DeepFool paper Table {table}", "model": r["model"],
+             "rho_adv": r[method][norm]} for r in PAPER_ROWS.get(key, []) if norm in r.get(method, {})]
+
+
 def paper_reference(recipe: Any, method: str, norm: str) -> dict[str, Any] | None:
-    """The paper's ρ for this model, data and norm, when the model matches a row of its tables."""
+    """The paper's ρ for this model, data and norm, when the model's family matches a row of its tables."""
     name = str(recipe.model.name).lower()
-    family = "lenet" if name.startswith("lenet") else name
-    entry = PAPER_RHO.get((family, str(recipe.data.source).lower()))
-    if entry is None or norm not in entry.get(method, {}):
-        return None
-    table = 1 if norm == "2" else 2  # Table 1 is ℓ2, Table 2 is ℓ∞
-    return {"rho_adv": entry[method][norm], "row": f"{entry['row']}, DeepFool paper Table {table}"}
+    key = _data_key(recipe.data.source)
+    for r in PAPER_ROWS.get(key, []):
+        if name.startswith(r["family"]) and norm in r.get(method, {}):
+            return {"rho_adv": r[method][norm], "row": f"{r['model']} on {DATA_NAMES[key]}, DeepFool paper "
+                                                       f"Table {1 if norm == '2' else 2}"}
+    return None
 
 
 def select(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,7 +82,7 @@ def select(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor, Tens
     return images[:n], labels[:n], torch.arange(n)
 
 
-def _timed(model: torch.nn.Module, fn: Callable[[], Any]) -> tuple[Any, float]:
+def timed(model: torch.nn.Module, fn: Callable[[], Any]) -> tuple[Any, float]:
     """(fn(), seconds), with the model's device synchronised before and after."""
     runtime = Runtime(device=model_device(model))
     runtime.synchronize()
@@ -76,11 +92,11 @@ def _timed(model: torch.nn.Module, fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - t0
 
 
-def _mean(t: Tensor) -> float:
+def mean(t: Tensor) -> float:
     return float(t.double().mean()) if t.numel() else float("nan")
 
 
-def _percentiles(t: Tensor) -> dict[str, float]:
+def percentiles(t: Tensor) -> dict[str, float]:
     if t.numel() == 0:
         return {}
     q = torch.quantile(t.double(), torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64))
@@ -89,7 +105,7 @@ def _percentiles(t: Tensor) -> dict[str, float]:
     return out
 
 
-def _source(classifier: Any) -> dict[str, Any]:
+def source(classifier: Any) -> dict[str, Any]:
     device = model_device(classifier.model)
     return {
         "checkpoint": str(classifier.checkpoint.get("path", classifier.run_dir)),
@@ -106,29 +122,37 @@ def _source(classifier: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ DeepFool
 
 
-def deepfool_summary(res: DeepFoolResult, labels: Tensor, seconds: float) -> dict[str, Any]:
-    """The report numbers of one DeepFool run (the paper's ρ_adv over the attacked images)."""
+def deepfool_summary(res: DeepFoolResult, labels: Tensor | None, seconds: float) -> dict[str, Any]:
+    """The report numbers of one DeepFool run.
+
+    ``fooled``, ``fooling_rate``, ``rho_adv`` and the ‖r‖ percentiles describe the images handed out
+    (``res.adversarial``, valid by construction); ``iteration_*`` what the algorithm's own criterion saw,
+    which differs only with ``clip="none"`` (x + r̂ unclamped, the paper's ρ).
+    """
     att = res.attacked
     n, n_att = len(att), int(att.sum())
-    fooled, fooled_c = int(res.fooled.sum()), int(res.fooled_clipped.sum())
+    fooled = int(res.fooled_clipped.sum())
+    it_fooled = int(res.fooled.sum())
     return {
         "images": n,
-        "clean_accuracy": _mean(res.clean_pred == labels),
+        "clean_accuracy": mean(res.clean_pred == labels) if labels is not None else None,
         "misclassified": n - n_att,  # not attacked, zero perturbation
         "attacked": n_att,
         "fooled": fooled,
         "fooling_rate": fooled / n_att if n_att else float("nan"),
-        "not_fooled_within_max_iter": n_att - fooled,
-        "fooled_after_clip": fooled_c,
-        "fooling_rate_after_clip": fooled_c / n_att if n_att else float("nan"),
-        "clip_undid": int((res.fooled & ~res.fooled_clipped).sum()),  # flips lost by clipping to [0, 1]
-        "rho_adv": _mean(res.rho[att]),
-        "rho_adv_clipped": _mean(res.rho_clipped[att]),
-        "r_norm_mean": _mean(res.r_norm[att]),
-        "r_norm_percentiles": _percentiles(res.r_norm[att]),
-        "mean_iterations": _mean(res.iterations[att]),
+        "not_fooled": n_att - fooled,
+        "rho_adv": mean(res.rho_clipped[att]),
+        "r_norm_mean": mean(res.r_norm_clipped[att]),
+        "r_norm_percentiles": percentiles(res.r_norm_clipped[att]),
+        "adversarial_min": float(res.adversarial.min()) if n else 0.0,
+        "adversarial_max": float(res.adversarial.max()) if n else 0.0,
+        "iteration_fooled": it_fooled,
+        "iteration_fooling_rate": it_fooled / n_att if n_att else float("nan"),
+        "iteration_rho_adv": mean(res.rho[att]),
+        "clip_undid": int((res.fooled & ~res.fooled_clipped).sum()),  # flips lost by clamping (clip "none")
+        "mean_iterations": mean(res.iterations[att]),
         "max_iterations": int(res.iterations.max()) if n else 0,
-        "mean_grad_evals": _mean(res.grad_evals[att]),
+        "mean_grad_evals": mean(res.grad_evals[att]),
         "seconds": seconds,
         "images_per_s": n / seconds if seconds > 0 else float("inf"),
         "ms_per_image": 1000 * seconds / n if n else float("nan"),
@@ -146,69 +170,188 @@ def run_deepfool(
     max_iter: int = 50,
     candidates: int = 10,
     batch_size: int | None = None,
-    clip: str = "final",
+    clip: str = "box",
+    grad: str = "auto",
+    paper_protocol: bool = True,
     split: str = "test",
     out_dir: Path | None = None,
     compare_fgsm: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """DeepFool on ``images`` (N, C, H, W) in [0, 1]; files go to ``out_dir`` when given."""
-    norm = check_norm(norm)
+    """DeepFool on ``images`` (N, C, H, W) in [0, 1]; files go to ``out_dir`` when given.
+
+    With ``paper_protocol`` and a clip mode other than "none", the paper's unconstrained iteration is run
+    as well on the same images (timed apart) so that its ρ can be shown beside the written images' ρ.
+    """
+    norm, clip = check_norm(norm), check_clip(clip)
     model = classifier.model
-    res, seconds = _timed(model, lambda: deepfool(
-        model, images, labels, norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
-        batch_size=batch_size, clip=clip, progress=progress))
+    kwargs = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
+                  grad=grad)
+    res, seconds = timed(model, lambda: deepfool(model, images, labels, clip=clip, progress=progress, **kwargs))
+    summary = deepfool_summary(res, labels, seconds)
     report: dict[str, Any] = {
         "attack": "deepfool",
-        **_source(classifier),
+        **source(classifier),
         "split": split,
         "settings": {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": candidates,
-                     "batch_size": batch_size, "clip": clip, "step_eps": STEP_EPS},
-        **deepfool_summary(res, labels, seconds),
+                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "step_eps": STEP_EPS},
+        **summary,
         "paper": paper_reference(classifier.recipe, "deepfool", norm),
+        "paper_anchors": paper_anchors(classifier.recipe, "deepfool", norm),
+        "paper_protocol": None,
     }
+    if clip == "none":
+        report["paper_protocol"] = _protocol(summary, same_run=True)
+    elif paper_protocol:
+        plain, t_plain = timed(model, lambda: deepfool(model, images, labels, clip="none", **kwargs))
+        report["paper_protocol"] = _protocol(deepfool_summary(plain, labels, t_plain), same_run=False)
     if compare_fgsm:
-        fg = run_fgsm(classifier, images, labels, indices, norm=norm, clip=clip == "step", split=split)
-        report["fgsm"] = {k: fg[k] for k in ("eps", "target_rate", "attacked", "fooling_rate", "fooling_rate_after_clip",
-                                              "rho_adv", "rho_adv_clipped", "seconds", "ms_per_image", "paper")}
+        fg = run_fgsm(classifier, images, labels, indices, norm=norm, clip="none" if clip == "none" else "box",
+                      split=split)
+        report["fgsm"] = {k: fg[k] for k in ("eps", "target_rate", "reached_target", "attacked", "fooling_rate",
+                                              "rho_adv", "seconds", "ms_per_image", "paper", "paper_protocol")}
     if out_dir is not None:
         report["files"] = write_deepfool_files(out_dir, res, images, labels, indices, classifier.class_names, report)
     return report
+
+
+def _protocol(s: dict[str, Any], same_run: bool) -> dict[str, Any]:
+    """The paper's numbers from an unconstrained ("none") run: ρ before clipping, flips of x + r̂ unclamped."""
+    return {"rho_adv": s["iteration_rho_adv"], "fooling_rate": s["iteration_fooling_rate"],
+            "fooled": s["iteration_fooled"], "fooling_rate_after_clip": s["fooling_rate"],
+            "mean_iterations": s["mean_iterations"], "seconds": s["seconds"], "same_run": same_run}
 
 
 def write_deepfool_files(out_dir: Path, res: DeepFoolResult, images: Tensor, labels: Tensor, indices: Tensor,
                          class_names: Sequence[str], report: dict[str, Any]) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "deepfool.csv"
+    p = "linf" if res.norm == "inf" else "l2"
+    header = ["index", "true", "clean_pred", "adv_pred", "attacked", "fooled", f"r_norm_{p}", "rho", "iterations",
+              "grad_evals"]
+    columns = [indices, labels, res.clean_pred, res.adv_pred_clipped, res.attacked.long(), res.fooled_clipped.long(),
+               res.r_norm_clipped, res.rho_clipped, res.iterations, res.grad_evals]
+    if res.clip == "none":  # the paper's unclamped x + r̂ beside the written (clamped) image
+        header += ["adv_pred_unclipped", "fooled_unclipped", f"r_norm_{p}_unclipped", "rho_unclipped"]
+        columns += [res.adv_pred, res.fooled.long(), res.r_norm, res.rho]
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "true", "clean_pred", "adv_pred", "adv_pred_clipped", "attacked", "fooled",
-                    "fooled_after_clip", f"r_norm_l{res.norm}", "rho", "iterations", "grad_evals"])
-        columns = [indices, labels, res.clean_pred, res.adv_pred, res.adv_pred_clipped, res.attacked.long(),
-                   res.fooled.long(), res.fooled_clipped.long(), res.r_norm, res.rho, res.iterations, res.grad_evals]
-        w.writerows(_rows(columns))
+        w.writerow(header)
+        w.writerows(rows(columns))
     pt_path = out_dir / "perturbations.pt"
     torch.save({"perturbation": res.perturbation.contiguous(), "index": indices.clone(), "norm": res.norm,
-                "clip": report["settings"]["clip"], "overshoot": report["settings"]["overshoot"],
+                "clip": res.clip, "overshoot": report["settings"]["overshoot"],
+                "adversarial": "clamp(x + perturbation, 0, 1)" if res.clip == "none" else "x + perturbation",
                 "checkpoint": report["checkpoint"], "split": report["split"]}, pt_path)
     png_path = out_dir / "deepfool.png"
     att = res.attacked.nonzero().squeeze(1)[:FIGURE_EXAMPLES]
-    title = (f"DeepFool ℓ{'∞' if res.norm == 'inf' else '2'} on {report['recipe']}: ρ_adv "
-             f"{report['rho_adv']:.3f}, fooling rate after clipping {report['fooling_rate_after_clip']:.1%}")
-    adv_labels = [f"{_name(class_names, int(res.adv_pred[i]))}" +
-                  ("" if int(res.adv_pred[i]) == int(res.adv_pred_clipped[i])
-                   else f" (clipped: {_name(class_names, int(res.adv_pred_clipped[i]))})") for i in att]
-    save_triptych(png_path, images[att], res.perturbation[att], res.adversarial[att],
-                  [f"{_name(class_names, int(res.clean_pred[i]))}" for i in att], adv_labels,
-                  [f"‖r‖={float(res.r_norm[i]):.3g}" for i in att], title)
+    title = (f"DeepFool ℓ{'∞' if res.norm == 'inf' else '2'} (clip {res.clip}) on {report['recipe']}: "
+             f"fooling rate {report['fooling_rate']:.1%}, ρ_adv {report['rho_adv']:.3f} (images shown)")
+    save_triptych(png_path, images[att], res.adversarial[att] - images[att], res.adversarial[att],
+                  [name(class_names, int(res.clean_pred[i])) for i in att],
+                  [name(class_names, int(res.adv_pred_clipped[i])) for i in att],
+                  [f"‖r‖={float(res.r_norm_clipped[i]):.3g}" for i in att], title)
     summary_path = out_dir / "summary.json"
     files = {"per_image": str(csv_path), "perturbations": str(pt_path), "figure": str(png_path),
              "summary": str(summary_path)}
-    _write_json(summary_path, {**report, "files": files})
+    write_json(summary_path, {**report, "files": files})
     return files
 
 
+def run_deepfool_images(
+    classifier: Any,
+    images: Tensor,
+    names: Sequence[str],
+    *,
+    norm: str = "2",
+    overshoot: float = 0.02,
+    max_iter: int = 50,
+    candidates: int = 10,
+    batch_size: int | None = None,
+    clip: str = "box",
+    grad: str = "auto",
+    folder: str = "",
+    skipped: Sequence[str] = (),
+    out_dir: Path,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """DeepFool on a user's own images (no labels: each is attacked away from the model's prediction).
+
+    Writes, per image, ``NAME.deepfool.png`` (original, amplified perturbation, adversarial side by side) and
+    ``NAME.adversarial.png`` (8-bit, at the model's input size), plus ``images.csv`` and ``summary.json``.
+    8-bit rounding can undo a flip, so whether the saved PNG still fools the model is checked and reported.
+    """
+    from dlcli.attacks.image_files import quantize8, save_image8
+    from dlcli.attacks.universal import predict
+
+    norm, clip = check_norm(norm), check_clip(clip)
+    model = classifier.model
+    res, seconds = timed(model, lambda: deepfool(
+        model, images, None, norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+        batch_size=batch_size, clip=clip, grad=grad, progress=progress))
+    pred8 = predict(model, quantize8(res.adversarial))
+    fooled8 = pred8 != res.clean_pred
+    report: dict[str, Any] = {
+        "attack": "deepfool",
+        **source(classifier),
+        "split": None,
+        "images_folder": str(folder),
+        "skipped_files": list(skipped),
+        "settings": {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": candidates,
+                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "step_eps": STEP_EPS},
+        **deepfool_summary(res, None, seconds),
+        "fooled_as_8bit_png": int(fooled8.sum()),
+        "paper": None,
+        "paper_anchors": [],
+        "paper_protocol": None,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cn = classifier.class_names
+    per_image = []
+    for i, file_name in enumerate(names):
+        stem = Path(file_name).stem
+        clean, adv = name(cn, int(res.clean_pred[i])), name(cn, int(res.adv_pred_clipped[i]))
+        fig = out_dir / f"{stem}.deepfool.png"
+        adv_png = out_dir / f"{stem}.adversarial.png"
+        r = res.adversarial[i] - images[i]
+        save_side_by_side(fig, images[i], r, res.adversarial[i],
+                          [f"original: {clean}", f"perturbation ×{1 / (2 * float(r.abs().max()) + 1e-12):.3g}",
+                           f"adversarial: {adv}"],
+                          f"{file_name}: ‖r‖{'∞' if norm == 'inf' else '2'} {float(res.r_norm_clipped[i]):.3g}, "
+                          f"ρ {float(res.rho_clipped[i]):.3g}, {int(res.iterations[i])} iterations")
+        save_image8(adv_png, res.adversarial[i])
+        per_image.append({"file": file_name, "clean_pred": clean, "adv_pred": adv,
+                          "fooled": bool(res.fooled_clipped[i]), "fooled_as_8bit_png": bool(fooled8[i]),
+                          "r_norm": float(res.r_norm_clipped[i]), "rho": float(res.rho_clipped[i]), "iterations": int(res.iterations[i]),
+                          "figure": str(fig), "adversarial_png": str(adv_png)})
+    csv_path = out_dir / "images.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(per_image[0]))
+        w.writeheader()
+        w.writerows(per_image)
+    report["per_image"] = per_image
+    summary_path = out_dir / "summary.json"
+    report["files"] = {"per_image": str(csv_path), "summary": str(summary_path), "folder": str(out_dir)}
+    write_json(summary_path, report)
+    return report
+
+
 # ---------------------------------------------------------------------------------------------------- FGSM
+
+
+def fgsm_summary(res: FGSMResult) -> dict[str, Any]:
+    """Fooling rate and ρ of the written (clamped) images at the ε found, and the search's own numbers."""
+    att = res.attacked
+    n_att = int(att.sum())
+    return {
+        "eps": res.eps,  # None: the target rate was not reached for ε ≤ eps_max
+        "reached_target": res.eps is not None,
+        "fooling_rate": int(res.fooled_clipped.sum()) / n_att if n_att else float("nan"),
+        "rho_adv": mean(res.rho_clipped[att]),
+        "criterion_fooling_rate": int(res.fooled.sum()) / n_att if n_att else float("nan"),
+        "criterion_rho_adv": mean(res.rho[att]),
+        "search_evaluations": len(res.searched),
+    }
 
 
 def run_fgsm(
@@ -219,42 +362,60 @@ def run_fgsm(
     *,
     norm: str = "2",
     target_rate: float = 0.9,
-    clip: bool = False,
+    clip: str = "box",
+    paper_protocol: bool = True,
     batch_size: int = 256,
     split: str = "test",
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The fast gradient sign baseline: the smallest ε fooling ``target_rate`` of the attacked images, and its ρ."""
+    """The fast gradient sign baseline: the smallest ε fooling ``target_rate`` of the attacked images, and its ρ.
+
+    ``clip="box"`` searches ε on valid images, clamp(x + ε·sign, 0, 1), the images written; ``"none"`` is the
+    paper's protocol (x + ε·sign unclamped). With ``paper_protocol`` the paper's search is reported beside
+    (forward passes only: the gradient sign is shared).
+    """
     norm = check_norm(norm)
+    if clip not in ("box", "none"):
+        raise ValueError(f"clip {clip!r}: expected box or none (one step: box is the clamp)")
     model = classifier.model
-    direction, t_grad = _timed(model, lambda: fgsm_direction(model, images, labels, batch_size=batch_size))
-    res, t_search = _timed(model, lambda: fgsm_min_eps(model, images, direction, target_rate=target_rate,
-                                                       norm=norm, clip=clip, batch_size=max(batch_size, 1024)))
+    direction, t_grad = timed(model, lambda: fgsm_direction(model, images, labels, batch_size=batch_size))
+
+    def search(valid: bool) -> tuple[FGSMResult, float]:
+        return timed(model, lambda: fgsm_min_eps(model, images, direction, target_rate=target_rate, norm=norm,
+                                                 clip=valid, batch_size=max(batch_size, 1024)))
+
+    res, t_search = search(clip == "box")
     att = res.attacked
     n, n_att = len(att), int(att.sum())
-    rho_clipped = res.r_norm_clipped / res.x_norm.clamp_min(1e-12)
+    summary = fgsm_summary(res)
     report: dict[str, Any] = {
         "attack": "fgsm",
-        **_source(classifier),
+        **source(classifier),
         "split": split,
         "settings": {"norm": norm, "target_rate": target_rate, "clip": clip},
         "images": n,
-        "clean_accuracy": _mean(res.clean_pred == labels),
+        "clean_accuracy": mean(res.clean_pred == labels),
         "misclassified": n - n_att,
         "attacked": n_att,
-        "eps": res.eps,  # None: the target rate was not reached for ε ≤ 1
         "target_rate": target_rate,
-        "reached_target": res.eps is not None,
-        "fooling_rate": int(res.fooled.sum()) / n_att if n_att else float("nan"),
-        "fooling_rate_after_clip": int(res.fooled_clipped.sum()) / n_att if n_att else float("nan"),
-        "rho_adv": _mean(res.rho[att]),
-        "rho_adv_clipped": _mean(rho_clipped[att]),
-        "search_evaluations": len(res.searched),
+        **summary,
         "seconds": t_grad,  # the attack itself: one gradient per image (the search is extra, below)
         "search_seconds": t_search,
         "ms_per_image": 1000 * t_grad / n if n else float("nan"),
         "paper": paper_reference(classifier.recipe, "fgsm", norm),
+        "paper_anchors": paper_anchors(classifier.recipe, "fgsm", norm),
+        "paper_protocol": None,
     }
+    if clip == "none":
+        paper = summary
+    elif paper_protocol:
+        paper = fgsm_summary(search(False)[0])
+    else:
+        paper = None
+    if paper is not None:
+        report["paper_protocol"] = {"eps": paper["eps"], "rho_adv": paper["criterion_rho_adv"],
+                                    "fooling_rate": paper["criterion_fooling_rate"],
+                                    "fooling_rate_after_clip": paper["fooling_rate"]}
     if out_dir is not None:
         report["files"] = write_fgsm_files(out_dir, res, direction.sign, images, labels, indices,
                                            classifier.class_names, report)
@@ -265,197 +426,47 @@ def write_fgsm_files(out_dir: Path, res: FGSMResult, sign: Tensor, images: Tenso
                      indices: Tensor, class_names: Sequence[str], report: dict[str, Any]) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "fgsm.csv"
+    p = "linf" if res.norm == "inf" else "l2"
+    header = ["index", "true", "clean_pred", "adv_pred", "attacked", "fooled", f"r_norm_{p}", "rho"]
+    columns = [indices, labels, res.clean_pred, res.adv_pred_clipped, res.attacked.long(), res.fooled_clipped.long(),
+               res.r_norm_clipped, res.rho_clipped]
+    if not res.clip:  # the paper's criterion looked at x + ε·sign unclamped
+        header += ["adv_pred_unclipped", "fooled_unclipped", f"r_norm_{p}_unclipped", "rho_unclipped"]
+        columns += [res.adv_pred, res.fooled.long(), res.r_norm, res.rho]
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "true", "clean_pred", "adv_pred", "adv_pred_clipped", "attacked", "fooled",
-                    "fooled_after_clip", f"r_norm_l{res.norm}", "rho"])
-        columns = [indices, labels, res.clean_pred, res.adv_pred, res.adv_pred_clipped, res.attacked.long(),
-                   res.fooled.long(), res.fooled_clipped.long(), res.r_norm, res.rho]
-        w.writerows(_rows(columns))
+        w.writerow(header)
+        w.writerows(rows(columns))
     eps = res.eps if res.eps is not None else 1.0
     att = res.attacked.nonzero().squeeze(1)[:FIGURE_EXAMPLES]
-    r = eps * sign[att]
-    adv = (images[att] + r).clamp(0, 1)
+    adv = (images[att] + eps * sign[att]).clamp(0, 1)
     png_path = out_dir / "fgsm.png"
-    save_triptych(png_path, images[att], r, adv, [_name(class_names, int(res.clean_pred[i])) for i in att],
-                  [_name(class_names, int(res.adv_pred_clipped[i])) for i in att],
+    save_triptych(png_path, images[att], adv - images[att], adv,
+                  [name(class_names, int(res.clean_pred[i])) for i in att],
+                  [name(class_names, int(res.adv_pred_clipped[i])) for i in att],
                   [f"ε={eps:.3g}" for _ in att],
-                  f"Fast gradient sign on {report['recipe']}: ε {eps:.3f}, ρ {report['rho_adv']:.3f}")
+                  f"Fast gradient sign (clip {report['settings']['clip']}) on {report['recipe']}: ε {eps:.3f}, "
+                  f"fooling rate {report['fooling_rate']:.1%}, ρ {report['rho_adv']:.3f}")
     summary_path = out_dir / "summary.json"
     files = {"per_image": str(csv_path), "figure": str(png_path), "summary": str(summary_path)}
-    _write_json(summary_path, {**report, "files": files})
+    write_json(summary_path, {**report, "files": files})
     return files
 
 
-# ----------------------------------------------------------------------------------------------- universal
+# ------------------------------------------------------------------------------------------------- helpers
 
 
-def default_xi(norm: str, data_source: str, input_shape: Sequence[int]) -> float:
-    """ξ in [0, 1] pixel units when none is given.
-
-    The paper's ImageNet radii (ℓ∞ 10 and ℓ2 2,000 on the 0-255 scale of 224x224x3 images) rescaled to [0, 1]
-    pixels and, for ℓ2, to the image size at the same per-pixel energy. MNIST-like digits are far more robust
-    to one shared perturbation (a digit is a few strokes on a flat background, and clipping to [0, 1] removes
-    any change that pushes a black or white pixel further out), so they get the radii at which LeNet-5's
-    held-out fooling rate approaches the paper's 80% (measured: README, "Attacks").
-    """
-    norm = check_norm(norm)
-    if str(data_source).lower() in ("mnist", "fashion-mnist"):
-        return 0.3 if norm == "inf" else 5.0
-    if norm == "inf":
-        return 10 / 255
-    dim = math.prod(input_shape)
-    return 2000 / 255 * math.sqrt(dim / (224 * 224 * 3))
-
-
-def run_universal(
-    classifier: Any,
-    build_images: Tensor,
-    eval_images: Tensor,
-    *,
-    xi: float,
-    norm: str = "inf",
-    delta: float = 0.2,
-    max_passes: int = 10,
-    fold_batch: int = 32,
-    clip: bool = True,
-    seed: int = 0,
-    targets: Sequence[Any] = (),
-    build_split: str = "val",
-    eval_split: str = "test",
-    out_dir: Path | None = None,
-    progress: PassProgress | None = None,
-) -> dict[str, Any]:
-    """Algorithm 1 on the building images; fooling rates on the held-out evaluation images, v vs random noise."""
-    norm = check_norm(norm)
-    model = classifier.model
-    res, seconds = _timed(model, lambda: universal_perturbation(
-        model, build_images, xi=xi, norm=norm, delta=delta, max_passes=max_passes, fold_batch=fold_batch,
-        clip=clip, seed=seed, progress=progress))
-    gen = torch.Generator().manual_seed(seed + 1)
-    noise = random_like(res.v, norm, gen)
-    clean_eval = predict(model, eval_images)
-    rate_v = fooling_rate(model, eval_images, res.v, clean_pred=clean_eval, clip=clip)
-    rate_noise = fooling_rate(model, eval_images, noise, clean_pred=clean_eval, clip=clip)
-    name = classifier.recipe.name
-    matrix = [{"model": f"{name} (this run)", "checkpoint": _source(classifier)["checkpoint"], "fooling_rate": rate_v,
-               "noise_fooling_rate": rate_noise}]
-    for t in targets:
-        tm = t.model
-        clean_t = predict(tm, eval_images)
-        matrix.append({"model": t.recipe.name, "checkpoint": str(t.checkpoint.get("path", t.run_dir)),
-                       "fooling_rate": fooling_rate(tm, eval_images, res.v, clean_pred=clean_t, clip=clip),
-                       "noise_fooling_rate": fooling_rate(tm, eval_images, noise, clean_pred=clean_t, clip=clip)})
-    v = res.v
-    report: dict[str, Any] = {
-        "attack": "universal",
-        **_source(classifier),
-        "settings": {"norm": norm, "xi": xi, "delta": delta, "max_passes": max_passes, "fold_batch": fold_batch,
-                     "clip": clip, "seed": seed, "inner": "DeepFool ℓ2, overshoot 0.02, at most 10 iterations"},
-        "build_split": build_split,
-        "build_images": int(build_images.shape[0]),
-        "eval_split": eval_split,
-        "eval_images": int(eval_images.shape[0]),
-        "passes": res.passes,
-        "best_pass": res.best_pass,
-        "build_fooling_history": res.fooling_history,
-        "build_fooling_rate": res.build_fooling_rate,
-        "reached_target": res.reached_target,
-        "target_rate": 1 - delta,
-        "deepfool_images": res.deepfool_images,
-        "updates": res.updates,
-        "fooling_rate": rate_v,
-        "noise_fooling_rate": rate_noise,
-        "v_norm_l2": float(v.norm()),
-        "v_norm_linf": float(v.abs().max()),
-        "mean_x_norm_l2": _mean(eval_images.flatten(1).norm(dim=1)),
-        "seconds": seconds,
-        "transfer": matrix,
-    }
-    if out_dir is not None:
-        report["files"] = write_universal_files(out_dir, res.v, noise, eval_images, clean_eval, model, clip,
-                                                classifier.class_names, report)
-    return report
-
-
-def write_universal_files(out_dir: Path, v: Tensor, noise: Tensor, images: Tensor, clean: Tensor,
-                          model: torch.nn.Module, clip: bool, class_names: Sequence[str],
-                          report: dict[str, Any]) -> dict[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pt_path = out_dir / "universal.pt"
-    torch.save({"v": v.contiguous(), "noise": noise.contiguous(), "norm": report["settings"]["norm"],
-                "xi": report["settings"]["xi"], "clip": clip, "checkpoint": report["checkpoint"]}, pt_path)
-    k = min(FIGURE_EXAMPLES, images.shape[0])
-    x = images[:k]
-    xv = x + v
-    xv = xv.clamp(0, 1) if clip else xv
-    pert = predict(model, x, v, clip=clip)
-    png_path = out_dir / "universal.png"
-    p = "∞" if report["settings"]["norm"] == "inf" else "2"
-    save_triptych(png_path, x, v.expand_as(x), xv, [_name(class_names, int(c)) for c in clean[:k]],
-                  [_name(class_names, int(c)) for c in pert], [f"‖v‖{p}={report['settings']['xi']:.3g}"] * k,
-                  f"Universal perturbation (ℓ{p}, ξ {report['settings']['xi']:.3g}) on {report['recipe']}: "
-                  f"held-out fooling rate {report['fooling_rate']:.1%}, random noise {report['noise_fooling_rate']:.1%}")
-    summary_path = out_dir / "summary.json"
-    files = {"perturbation": str(pt_path), "figure": str(png_path), "summary": str(summary_path)}
-    _write_json(summary_path, {**report, "files": files})
-    return files
-
-
-def _rows(columns: Sequence[Tensor]) -> list[list[Any]]:
+def rows(columns: Sequence[Tensor]) -> list[list[Any]]:
     """(N,) tensors -> CSV rows: integers as they are, floats to 6 significant digits."""
     cols = [[f"{v:.6g}" for v in c.tolist()] if c.is_floating_point() else c.tolist() for c in columns]
     return [list(row) for row in zip(*cols)]
 
 
-# ------------------------------------------------------------------------------------------------- figures
-
-
-def _name(class_names: Sequence[str], k: int) -> str:
+def name(class_names: Sequence[str], k: int) -> str:
     return class_names[k] if 0 <= k < len(class_names) else str(k)
 
 
-def _to_image(t: Tensor) -> Any:
-    """(C, H, W) in [0, 1] -> what imshow takes: (H, W) grey or (H, W, 3) colour."""
-    t = t.detach().cpu().float()
-    return t[0].numpy() if t.shape[0] == 1 else t.permute(1, 2, 0).clamp(0, 1).numpy()
-
-
-def save_triptych(path: Path, originals: Tensor, perturbations: Tensor, adversarial: Tensor,
-                  clean_labels: Sequence[str], adv_labels: Sequence[str], notes: Sequence[str], title: str) -> None:
-    """A PNG with three rows: originals, perturbations (amplified to fill the grey range), adversarial images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = max(originals.shape[0], 1)
-    fig, axes = plt.subplots(3, k, figsize=(1.6 * k + 0.6, 5.6), squeeze=False)
-    for j in range(k):
-        for row in range(3):
-            axes[row][j].axis("off")
-        if j >= originals.shape[0]:
-            continue
-        grey = originals.shape[1] == 1
-        r = perturbations[j]
-        amp = 0.5 + r / (2 * r.abs().max().clamp_min(1e-12))  # zero maps to mid-grey
-        axes[0][j].imshow(_to_image(originals[j]), cmap="gray" if grey else None, vmin=0, vmax=1)
-        axes[0][j].set_title(f"{clean_labels[j]}", fontsize=9)
-        axes[1][j].imshow(_to_image(amp), cmap="gray" if grey else None, vmin=0, vmax=1)
-        axes[1][j].set_title(notes[j], fontsize=7)
-        axes[2][j].imshow(_to_image(adversarial[j]), cmap="gray" if grey else None, vmin=0, vmax=1)
-        axes[2][j].set_title(f"→ {adv_labels[j]}", fontsize=9)
-    axes[0][0].text(-0.15, 0.5, "original", rotation=90, va="center", ha="right", transform=axes[0][0].transAxes)
-    axes[1][0].text(-0.15, 0.5, "perturbation\n(amplified)", rotation=90, va="center", ha="right",
-                    transform=axes[1][0].transAxes)
-    axes[2][0].text(-0.15, 0.5, "adversarial", rotation=90, va="center", ha="right", transform=axes[2][0].transAxes)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
+def write_json(path: Path, obj: dict[str, Any]) -> None:
     def clean(o: Any) -> Any:
         if isinstance(o, float) and not math.isfinite(o):
             return None

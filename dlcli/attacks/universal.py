@@ -15,18 +15,26 @@ the sequential algorithm: summing a mini-batch's Δv before one projection lets 
 As in the authors' code, a Δv is only used where DeepFool reached another class within its iteration limit.
 
 With ``clip=True`` (the default) every perturbed image is clamp(x + v, 0, 1), while building and when
-measuring, so the fooling rates are those of valid images.
+measuring, so the fooling rates are those of valid images. The inner DeepFool is the paper's unconstrained
+iteration on the (valid) image x + v: Δv is folded into a perturbation shared by all images, and each image
+is clamped with its own bounds afterwards.
+
+:func:`fooling_matrix` measures several perturbations on several models: the paper's table of how
+universal perturbations generalise across networks (rows: the model v was built on, columns: the model it
+is applied to).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dlcli.attacks.deepfool import check_norm, deepfool, frozen_eval, model_device
+from dlcli.attacks.common import check_norm, frozen_eval, model_device
+from dlcli.attacks.deepfool import deepfool
 
 PassProgress = Callable[[int, int, float], None]  # (images visited in this pass, pass size, fooling rate so far)
 
@@ -134,8 +142,8 @@ def universal_perturbation(
     ``seed`` fixes the shuffling of every pass.
     """
     norm = check_norm(norm)
-    if xi <= 0:
-        raise ValueError(f"xi must be positive, got {xi}")
+    if not (math.isfinite(xi) and xi > 0):
+        raise ValueError(f"xi must be a finite positive number, got {xi}")
     if not 0 <= delta < 1:
         raise ValueError(f"delta must be in [0, 1), got {delta}")
     if max_passes < 1:
@@ -163,7 +171,7 @@ def universal_perturbation(
                 fooled_seen += int((~keeps).sum())
                 if keeps.any():
                     df = deepfool(model, xv[keeps], norm="2", overshoot=overshoot, max_iter=max_iter_df,
-                                  candidates=candidates, clip="final")
+                                  candidates=candidates, clip="none")
                     result.deepfool_images += int(keeps.sum())
                     steps = df.perturbation[df.fooled].to(device)  # (u, C, H, W): converged Δv only
                     for dv in steps:  # fold in order, projecting after each, as Algorithm 1 does
@@ -181,3 +189,18 @@ def universal_perturbation(
                 result.reached_target = True
                 break
     return result
+
+
+def fooling_matrix(models: Sequence[nn.Module], x: Tensor, perturbations: Sequence[Tensor], *,
+                   clip: bool = True, batch_size: int = 1024) -> list[list[float]]:
+    """rates[i][j]: the fooling rate of ``perturbations[i]`` on ``models[j]`` over the images ``x``.
+
+    Each model's clean predictions are computed once; every perturbation (C, H, W) must fit every model's input.
+    """
+    rates: list[list[float]] = [[0.0] * len(models) for _ in perturbations]
+    for j, model in enumerate(models):
+        with frozen_eval(model):
+            clean = predict(model, x, batch_size=batch_size)
+        for i, v in enumerate(perturbations):
+            rates[i][j] = fooling_rate(model, x, v, clean_pred=clean, clip=clip, batch_size=batch_size)
+    return rates

@@ -4,5 +4,7 @@ from importlib import import_module
 
 # Each module registers its builders with ``@register_model``. Listed explicitly so that the set of
 # built-in models is visible in one place.
-for _name in ("mlp", "lenet", "alexnet", "resnet"):
+for _name in ("mlp", "lenet", "alexnet", "alexnet_cifar", "resnet", "cifar_resnet"):
     import_module(f"{__name__}.{_name}")
+import_module(f"{__name__}.gan")  # generator/discriminator pairs (GAN, DCGAN)
+import_module(f"{__name__}.dqn")  # Q-networks (DQN)

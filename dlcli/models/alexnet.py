@@ -3,7 +3,8 @@
 torchvision's version is the "one weird trick" single-tower variant (64-192-384-256-256 filters, no local
 response normalisation) that its ImageNet weights were trained with; 61,100,840 parameters and 0.714 G
 multiply-adds for a 3x224x224 image at 1000 classes. Weights start random; ``pretrained=True`` reads
-torchvision's ImageNet weights from the torch hub cache and never downloads them. torchvision is imported
+torchvision's ImageNet weights from the torch hub cache and never downloads them; with another number of
+classes the last linear layer is then replaced by a fresh one (fine-tuning). torchvision is imported
 inside the builders, so that listing or building other models does not pay for its import.
 """
 
@@ -24,11 +25,24 @@ def check_head_args(name: str, num_classes: int, in_channels: int, pretrained: b
         raise UsageError(f"{name}: num_classes must be at least 1 (got {num_classes})")
     if in_channels < 1:
         raise UsageError(f"{name}: in_channels must be at least 1 (got {in_channels})")
-    if pretrained and (num_classes != 1000 or in_channels != 3):
-        raise UsageError(
-            f"{name}: pretrained ImageNet weights need num_classes=1000 and in_channels=3 "
-            f"(got {num_classes} and {in_channels})"
-        )
+    if pretrained and in_channels != 3:
+        raise UsageError(f"{name}: pretrained ImageNet weights need in_channels=3 (got {in_channels})")
+
+
+def replace_head(model: nn.Module, attr: str, num_classes: int) -> None:
+    """Swap the last linear layer ``model.<attr>`` (dotted, e.g. ``classifier.6``) for a fresh one with
+    ``num_classes`` outputs: fine-tuning ImageNet weights on another label set keeps every other layer."""
+    *parents, last = attr.split(".")
+    owner = model
+    for p in parents:
+        owner = getattr(owner, p) if not p.isdigit() else owner[int(p)]  # type: ignore[index]
+    old = owner[int(last)] if last.isdigit() else getattr(owner, last)  # type: ignore[index]
+    assert isinstance(old, nn.Linear)
+    new = nn.Linear(old.in_features, num_classes)
+    if last.isdigit():
+        owner[int(last)] = new  # type: ignore[index]
+    else:
+        setattr(owner, last, new)
 
 
 def load_cached_weights(model: nn.Module, weights: object, name: str) -> nn.Module:
@@ -41,8 +55,9 @@ def load_cached_weights(model: nn.Module, weights: object, name: str) -> nn.Modu
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     if not os.path.isfile(path):
         raise DlcliError(
-            f"{name}: pretrained weights are not in the torch hub cache ({path}); dlcli never downloads "
-            f"them: copy {os.path.basename(url)} there from a machine with network access, or drop pretrained"
+            f"{name}: pretrained weights are not in the torch hub cache ({path}); dlcli never downloads them: "
+            f"place {os.path.basename(url)} (from {url}) in the folder {os.path.dirname(path)}/ "
+            "(TORCH_HOME moves it), or drop pretrained"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,7 +84,7 @@ def alexnet(*, num_classes: int = 1000, in_channels: int = 3, pretrained: bool =
     from torchvision.models import alexnet as tv_alexnet
 
     check_head_args("alexnet", num_classes, in_channels, pretrained)
-    model = tv_alexnet(weights=None, num_classes=num_classes)
+    model = tv_alexnet(weights=None, num_classes=1000 if pretrained else num_classes)
     if in_channels != 3:
         first = model.features[0]
         assert isinstance(first, nn.Conv2d)
@@ -78,4 +93,6 @@ def alexnet(*, num_classes: int = 1000, in_channels: int = 3, pretrained: bool =
         )
     if pretrained:
         load_cached_weights(model, AlexNet_Weights.IMAGENET1K_V1, "alexnet")
+        if num_classes != 1000:
+            replace_head(model, "classifier.6", num_classes)
     return model

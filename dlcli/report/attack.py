@@ -53,10 +53,32 @@ def _norm_label(norm: str) -> str:
     return "ℓ∞" if norm == "inf" else "ℓ2"
 
 
+CLIP_NOTES = {
+    "box": "box: every step solved inside [0, 1]; the images written are the iterates that fooled the model",
+    "step": "step: every iterate clamped to [0, 1] (as torchattacks does)",
+    "none": "none: the paper's unconstrained iteration; the images written are clamp(x + r, 0, 1)",
+}
+
+
+def _line(text: str) -> None:
+    report.out.print(text, markup=False, highlight=False)
+
+
+def _paper_rows(r: dict[str, Any], rows: dict[str, Any]) -> None:
+    """The paper's own value for this model, or its rows for the same data set as anchors."""
+    paper = r.get("paper")
+    if paper:
+        rows[f"paper's ρ_adv ({paper['row']})"] = paper["rho_adv"]
+    else:
+        for a in r.get("paper_anchors") or []:
+            rows[f"paper's ρ_adv, another model ({a['row']})"] = a["rho_adv"]
+
+
 def print_deepfool(r: dict[str, Any]) -> None:
     s = r["settings"]
     p = _norm_label(s["norm"])
-    paper = r.get("paper")
+    q = p[1:]
+    pp = r.get("paper_protocol")
     rows: dict[str, Any] = {
         "checkpoint": r["checkpoint"],
         "device": f"{r['device']} ({r['device_name']})",
@@ -64,35 +86,51 @@ def print_deepfool(r: dict[str, Any]) -> None:
         "clean accuracy": _pct(r["clean_accuracy"]),
         "misclassified (not attacked, r = 0)": r["misclassified"],
         "attacked": r["attacked"],
-        "fooling rate": _pct(r["fooling_rate"]),
-        f"ρ_adv (mean ‖r‖{p[1:]}/‖x‖{p[1:]})": r["rho_adv"],
+        "fooling rate of the images written (valid, in [0, 1])": _pct(r["fooling_rate"]),
+        f"ρ_adv of the images written (mean ‖r‖{q}/‖x‖{q}, clip {s['clip']})": r["rho_adv"],
     }
-    if paper:
-        rows[f"paper's ρ_adv ({paper['row']})"] = paper["rho_adv"]
+    if pp:
+        rows["ρ_adv, paper protocol (unconstrained iteration, before clipping)"] = pp["rho_adv"]
+        rows["fooling rate, paper protocol (x + r unclamped)"] = _pct(pp["fooling_rate"])
+    _paper_rows(r, rows)
     pct = r["r_norm_percentiles"]
     if pct:
-        rows[f"‖r‖{p[1:]} p5 / p50 / p95 / max"] = " / ".join(report.fmt(pct[k]) for k in ("p5", "p50", "p95", "max"))
+        rows[f"‖r‖{q} p5 / p50 / p95 / max"] = " / ".join(report.fmt(pct[k]) for k in ("p5", "p50", "p95", "max"))
     rows.update({
         "mean iterations": r["mean_iterations"],
-        "mean gradient evaluations": r["mean_grad_evals"],
+        "mean gradient evaluations": f"{report.fmt(r['mean_grad_evals'])} ({s['grad']})",
         "images/s": r["images_per_s"],
         "ms per image": r["ms_per_image"],
-        "clip": s["clip"],
-        "fooling rate after clipping to [0, 1]": _pct(r["fooling_rate_after_clip"]),
-        "ρ_adv of the clipped perturbation": r["rho_adv_clipped"],
     })
+    if pp and not pp["same_run"]:
+        rows["paper-protocol run (extra, not in images/s)"] = f"{report.fmt(pp['seconds'])} s, " \
+                                                              f"{report.fmt(pp['mean_iterations'])} iterations"
     report.out.print(report.key_value_table(f"DeepFool {p} on {r['recipe']} ({r['split']} split)", rows))
-    if s["clip"] == "final" and r["clip_undid"]:
-        report.out.print(f"clipping to [0, 1] changed the outcome for {r['clip_undid']} of {r['fooled']} fooled images "
-                         "(the paper's ρ is measured before clipping); --clip step clips every iterate instead, "
-                         "so every adversarial image is valid", markup=False, highlight=False)
-    elif s["clip"] == "final":
-        report.out.print("clipping to [0, 1] changed no outcome", markup=False, highlight=False)
-    if r["not_fooled_within_max_iter"]:
-        report.out.print(f"{r['not_fooled_within_max_iter']} images kept their label after {s['max_iter']} iterations",
-                         markup=False, highlight=False)
+    _line(f"clip {CLIP_NOTES[s['clip']]}")
+    if s["clip"] == "none" and r["clip_undid"]:
+        _line(f"clamping to [0, 1] undid {r['clip_undid']} of the iteration's {r['iteration_fooled']} flips; "
+              "--clip box (the default) gives valid adversarial images")
+    if r["not_fooled"] and s["clip"] != "none":
+        _line(f"{r['not_fooled']} images kept their label after {s['max_iter']} iterations")
     if "fgsm" in r:
         print_comparison(r)
+    _print_files(r)
+
+
+def print_deepfool_images(r: dict[str, Any]) -> None:
+    s = r["settings"]
+    p = _norm_label(s["norm"])
+    report.out.print(report.table(
+        f"DeepFool {p} (clip {s['clip']}) on {r['recipe']}: your images from {r['images_folder']}",
+        ["file", "prediction", "adversarial", "fooled", "as 8-bit PNG", f"‖r‖{p[1:]}", "ρ", "iterations"],
+        [[i["file"], i["clean_pred"], i["adv_pred"], "yes" if i["fooled"] else "no",
+          "fools" if i["fooled_as_8bit_png"] else "does not fool", i["r_norm"], i["rho"], i["iterations"]]
+         for i in r["per_image"]]))
+    _line(f"fooled {r['fooled']} of {r['attacked']} images ({_pct(r['fooling_rate'])}); "
+          f"{r['fooled_as_8bit_png']} still fool once saved as 8-bit PNG; ρ_adv {report.fmt(r['rho_adv'])}")
+    if r["skipped_files"]:
+        _line(f"skipped (not images): {', '.join(r['skipped_files'])}")
+    _line(f"figures and adversarial PNGs: {r['files']['folder']}")
     _print_files(r)
 
 
@@ -102,23 +140,29 @@ def print_comparison(r: dict[str, Any]) -> None:
     p = _norm_label(r["settings"]["norm"])
     paper_df = (r.get("paper") or {}).get("rho_adv")
     paper_fg = (f.get("paper") or {}).get("rho_adv")
+    df_pp = (r.get("paper_protocol") or {}).get("rho_adv")
+    fg_pp = (f.get("paper_protocol") or {}).get("rho_adv")
+    eps_pp = (f.get("paper_protocol") or {}).get("eps")
+    fg_name = f"fast gradient sign (ε {report.fmt(f['eps'])})" if f["eps"] is not None else \
+        "fast gradient sign (target not reached)"
     rows = [
-        ["DeepFool", r["rho_adv"], paper_df, _pct(r["fooling_rate"]), r["ms_per_image"]],
-        [f"fast gradient sign (ε {report.fmt(f['eps'])})" if f["eps"] is not None else "fast gradient sign (target not reached)",
-         f["rho_adv"], paper_fg, _pct(f["fooling_rate"]), f["ms_per_image"]],
+        ["DeepFool", r["rho_adv"], df_pp, paper_df, _pct(r["fooling_rate"]), r["ms_per_image"]],
+        [fg_name, f["rho_adv"], fg_pp, paper_fg, _pct(f["fooling_rate"]), f["ms_per_image"]],
     ]
     report.out.print(report.table(f"DeepFool vs fast gradient sign, ρ_adv in {p}",
-                                  ["method", "ρ_adv", "paper", "fooling rate", "ms per image"], rows,
+                                  ["method", "ρ_adv (images written)", "ρ_adv (paper protocol)", "paper",
+                                   "fooling rate", "ms per image"], rows,
                                   caption=f"fast gradient sign: smallest ε fooling ≥ {f['target_rate']:.0%} "
-                                          "of the attacked images"))
+                                          "of the attacked images"
+                                          + (f"; paper protocol ε {report.fmt(eps_pp)}" if eps_pp else "")))
     if r["rho_adv"] > 0 and math.isfinite(f["rho_adv"]):
-        report.out.print(f"fast gradient sign needs {f['rho_adv'] / r['rho_adv']:.1f}x DeepFool's perturbation",
-                         markup=False, highlight=False)
+        _line(f"fast gradient sign needs {f['rho_adv'] / r['rho_adv']:.1f}x DeepFool's perturbation")
 
 
 def print_fgsm(r: dict[str, Any]) -> None:
     s = r["settings"]
     p = _norm_label(s["norm"])
+    pp = r.get("paper_protocol")
     rows: dict[str, Any] = {
         "checkpoint": r["checkpoint"],
         "device": f"{r['device']} ({r['device_name']})",
@@ -126,15 +170,15 @@ def print_fgsm(r: dict[str, Any]) -> None:
         "clean accuracy": _pct(r["clean_accuracy"]),
         "misclassified (not attacked)": r["misclassified"],
         "attacked": r["attacked"],
-        f"smallest ε fooling ≥ {r['target_rate']:.0%}": r["eps"] if r["eps"] is not None else "not reached for ε ≤ 1",
-        "fooling rate at ε": _pct(r["fooling_rate"]),
-        f"ρ_adv ({p}) at ε": r["rho_adv"],
+        f"smallest ε fooling ≥ {r['target_rate']:.0%} (clip {s['clip']})":
+            r["eps"] if r["eps"] is not None else "not reached for ε ≤ 1",
+        "fooling rate of the images written (valid)": _pct(r["fooling_rate"]),
+        f"ρ_adv ({p}) of the images written": r["rho_adv"],
     }
-    if r.get("paper"):
-        rows[f"paper's ρ_adv ({r['paper']['row']})"] = r["paper"]["rho_adv"]
+    if pp:
+        rows["paper protocol (unclamped): ε, ρ_adv"] = f"{report.fmt(pp['eps'])}, {report.fmt(pp['rho_adv'])}"
+    _paper_rows(r, rows)
     rows.update({
-        "fooling rate after clipping to [0, 1]": _pct(r["fooling_rate_after_clip"]),
-        "ρ_adv of the clipped perturbation": r["rho_adv_clipped"],
         "ms per image (one gradient)": r["ms_per_image"],
         "ε search (forward passes)": f"{r['search_evaluations']} in {report.fmt(r['search_seconds'])} s",
     })
@@ -150,7 +194,8 @@ def print_universal(r: dict[str, Any]) -> None:
         "checkpoint": r["checkpoint"],
         "device": f"{r['device']} ({r['device_name']})",
         f"ξ ({p}, pixels in [0, 1])": s["xi"],
-        "building images": f"{r['build_images']} ({r['build_split']} split)",
+        "building images": f"{r['build_images']} ({r['build_split']} split), x + v "
+                           + ("clamped to [0, 1]" if s["clip"] else "not clamped (--no-clip)"),
         "passes": f"{r['passes']} (v from pass {r['best_pass']}); target 1 − δ = {r['target_rate']:.0%} "
                   + ("reached" if r["reached_target"] else "not reached"),
         "building-set fooling rate per pass": hist,
@@ -158,15 +203,20 @@ def print_universal(r: dict[str, Any]) -> None:
         "time": f"{report.fmt(r['seconds'])} s",
         "‖v‖2 / ‖v‖∞": f"{report.fmt(r['v_norm_l2'])} / {report.fmt(r['v_norm_linf'])}",
         "mean ‖x‖2 of the evaluation images": r["mean_x_norm_l2"],
-        f"held-out fooling rate ({r['eval_images']} {r['eval_split']} images)": _pct(r["fooling_rate"]),
+        f"held-out fooling rate, valid images clamp(x + v, 0, 1) ({r['eval_images']} {r['eval_split']} images)":
+            _pct(r["fooling_rate"]),
         "random noise of the same norm": _pct(r["noise_fooling_rate"]),
     }
+    if r.get("unclamped_fooling_rate") is not None:
+        rows["held-out fooling rate of x + v unclamped (not valid images)"] = _pct(r["unclamped_fooling_rate"])
     report.out.print(report.key_value_table(f"Universal perturbation {p} on {r['recipe']}", rows))
-    if len(r["transfer"]) > 1:
+    m = r.get("matrix")
+    if m:
         report.out.print(report.table(
-            "fooling rate of this perturbation on other models (held-out images)",
-            ["model", "checkpoint", "universal v", "random noise"],
-            [[t["model"], t["checkpoint"], _pct(t["fooling_rate"]), _pct(t["noise_fooling_rate"])] for t in r["transfer"]]))
+            "fooling rate across models (rows: v built on; columns: applied to; held-out valid images)",
+            ["built on \\ applied to", *m["models"]],
+            [*([label, *(_pct(v) for v in row)] for label, row in zip(m["models"], m["fooling"])),
+             ["random noise, same norm", *(_pct(v) for v in m["noise"])]]))
     _print_files(r)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -39,6 +40,7 @@ class TrainProgress:
 
     def on_start(self, header: dict[str, Any], total_steps: int, done_steps: int) -> None:
         self.epochs = int(header.get("epochs", 1))
+        self.progress_metric = header.get("progress_metric") or self.progress_metric  # the task's own choice
         self.steps_per_epoch = max(1, int(header.get("steps_per_epoch", 1)))
         print_header(header)
         if not self.enabled:
@@ -80,7 +82,9 @@ class TrainProgress:
         if self.progress_metric and metrics.get(self.progress_metric) is not None:
             self._epoch_text = f"{self.progress_metric} {report.fmt(metrics[self.progress_metric])}"
         if self.progress is not None:
-            self.progress.console.log(f"epoch {epoch + 1}: {_metric_text(metrics)}", markup=False)
+            # print, not log: a log line would carry a source link (train.py:83) on every epoch
+            self.progress.console.print(f"epoch {epoch + 1}: {_metric_text(metrics)}", markup=False,
+                                        highlight=False)
 
     def on_end(self) -> None:
         if self.progress is not None:
@@ -88,16 +92,18 @@ class TrainProgress:
             self.progress = None
 
 
-HEADER_KEYS = ("recipe", "model", "parameters", "data", "train_samples", "val_samples", "test_samples", "device",
-               "device_name", "precision", "compile", "channels_last", "seed", "epochs", "steps_per_epoch",
-               "resumed_at", "run_dir")
+HEADER_KEYS = ("recipe", "model", "parameters", "data", "env", "train_samples", "val_samples", "test_samples",
+               "device", "device_name", "world_size", "precision", "compile", "channels_last", "seed", "epochs",
+               "steps_per_epoch", "resumed_at", "run_dir")
 
 
 def print_header(header: dict[str, Any]) -> None:
     items = {k: header[k] for k in HEADER_KEYS if header.get(k) is not None}
-    for note in header.get("notes") or []:
-        items["note"] = note
+    if items.get("world_size") == 1:
+        del items["world_size"]
     lines = "  ".join(f"[bold]{k}[/] {report.fmt(v)}" for k, v in items.items())
+    for note in header.get("notes") or []:  # every note, each on its own line (none may hide another)
+        lines += f"\n[bold]note[/] {escape(str(note))}"
     report.err.print(Panel(lines, title="dlcli train", title_align="left", expand=True))
 
 

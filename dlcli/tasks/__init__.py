@@ -4,3 +4,5 @@ from importlib import import_module
 
 for _name in ("perceptron", "regress", "classify"):
     import_module(f"{__name__}.{_name}")
+import_module(f"{__name__}.gan")  # adversarial training
+import_module(f"{__name__}.dqn")  # deep Q-learning (reinforcement learning)

@@ -1,16 +1,24 @@
 """The contract between the trainer (``dlcli.train``) and a kind of learning (a registered task).
 
-The trainer owns the run folder, the epoch loop, checkpoints, Ctrl-C and the progress bar. A task owns its
-model, data, optimiser and the meaning of its metrics. Training advances one step at a time through the
-generator ``train_steps`` so the trainer can stop cleanly between two steps, and everything a task needs to
-continue exactly where it stopped is in ``state_dict``.
+The trainer owns the run folder, the epoch loop, checkpoints, Ctrl-C, the processes and the progress bar. A
+task owns its model(s), data or environment, optimiser(s) and the meaning of its metrics. Training advances
+one step at a time through the generator ``train_steps`` so the trainer can stop cleanly between two steps,
+and everything a task needs to continue exactly where it stopped is in ``state_dict`` — tensors and plain
+types only, because checkpoints load with ``weights_only=True`` (a replay buffer is tensors).
+
+What a task can rely on (``ctx``): the recipe, the runtime (device, precision, rank / world size), the data
+folder, the run folder (figures during training), ``ctx.log_row`` for rows other than per-epoch ones
+(episode returns, per-step losses), and ``ctx.schedule_span``: the epochs its learning-rate schedule covers.
+What it may declare: ``monitor`` (None: the last epoch is the result), ``is_final_stage(epoch)`` (best is
+chosen within the final stage only), ``steps_per_epoch(epoch)`` (read every epoch; stages may differ).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,11 +30,26 @@ from dlcli.registry import build_model_with_defaults
 from dlcli.runtime import Runtime
 
 
+def _no_row(kind: str, row: dict[str, Any]) -> None:
+    pass
+
+
 @dataclass
 class TaskContext:
     recipe: Recipe
     runtime: Runtime
     data_dir: str | None = None
+    run_dir: Path | None = None  # where the run writes; None when a task is built for evaluation only
+    #: ``log_row("episode", {"episode": 12, "return": 187.0, "step": 5400})`` adds a row to metrics.jsonl
+    log_row: Callable[[str, dict[str, Any]], None] = _no_row
+    #: (first epoch, end epoch) that the learning-rate schedule spans: (0, epochs), or the added epochs
+    #: when a finished run is extended with ``--resume RUN --epochs N``
+    schedule_span: tuple[int, int] | None = None
+    #: options of ``dlcli eval`` beyond the split, for a task's ``evaluate`` (e.g. episodes, features)
+    eval_options: dict[str, Any] = field(default_factory=dict)
+
+    def schedule_epochs(self) -> tuple[int, int]:
+        return self.schedule_span or (0, self.recipe.epochs)
 
 
 @dataclass
@@ -42,8 +65,8 @@ class EvalResult:
 class Task:
     """Base class; subclasses are registered with ``@register_task(name)``."""
 
-    #: metric (from ``end_epoch``) that picks ``best.pt``, and whether larger is better
-    monitor: str = "val_loss"
+    #: metric (from ``end_epoch``) that picks ``best.pt``, and whether larger is better; None: the last epoch
+    monitor: str | None = "val_loss"
     monitor_mode: str = "min"
     #: the metric shown in the progress bar beside the loss
     progress_metric: str | None = None
@@ -55,6 +78,8 @@ class Task:
 
     # --- set-up helpers shared by tasks ---------------------------------------------------------------
     def load_data(self) -> DataBundle:
+        if self.recipe.data is None:
+            raise ConfigError(f"recipe {self.recipe.name}: the {self.recipe.task} task needs a data: section")
         try:
             return load_data(self.recipe.data.source, self.recipe.data.args, self.ctx.data_dir, self.recipe.seed)
         except (TypeError, ValueError) as e:
@@ -69,8 +94,18 @@ class Task:
         """Facts for the run header (parameter count, data sizes)."""
         return {}
 
-    def steps_per_epoch(self) -> int:
+    def steps_per_epoch(self, epoch: int) -> int:
+        """Steps of ``epoch`` (asked every epoch: stages may differ in length)."""
         raise NotImplementedError
+
+    def is_final_stage(self, epoch: int) -> bool:
+        """False for the epochs of earlier stages (pretraining): ``best.pt`` is chosen in the final stage only."""
+        return True
+
+    def schedule_steps(self) -> int:
+        """Steps that the learning-rate schedule spans (``ctx.schedule_span``)."""
+        first, end = self.ctx.schedule_epochs()
+        return sum(self.steps_per_epoch(e) for e in range(first, end))
 
     def samples_per_step(self) -> int:
         return 1
@@ -101,7 +136,9 @@ class Task:
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, restore_schedule: bool = True) -> None:
+        """Restore ``state_dict``; ``restore_schedule=False`` (a finished run extended by more epochs) keeps
+        the fresh schedule built for the added epochs instead of the finished one."""
         raise NotImplementedError
 
     @classmethod
@@ -115,9 +152,22 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    """Every global random generator a task may draw from — torch (CPU and each CUDA device), Python's
+    ``random``, NumPy's legacy global — as tensors and plain types (loadable with ``weights_only=True``).
+    A task's own ``torch.Generator`` objects belong in its ``state_dict`` (``generator.get_state()``)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "python": {"version": version, "state": list(internal), "gauss": gauss}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    except ImportError:  # numpy is optional
+        pass
     return state
 
 
@@ -126,3 +176,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "python" in state:
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "numpy" in state:
+        import numpy as np
+
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))

@@ -1,6 +1,6 @@
 """``dlcli eval`` for image classifiers: metrics, per-class accuracy, confusion matrix, worst mistakes.
 
-Everything is rebuilt from the checkpoint alone (``dlcli.runs.load_classifier``: recipe, class names and
+Everything is rebuilt from the checkpoint alone (``dlcli.classifier.load_classifier``: recipe, class names and
 normalisation are saved in it); only the evaluation images are read from the data folder. The numbers are
 plain functions of one (N, K) logit matrix, so a test can recompute them directly.
 """
@@ -13,9 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dlcli.runs import load_classifier, load_split
+from dlcli.classifier import load_classifier, predict
+from dlcli.plots import pyplot
+from dlcli.runs import load_split
 from dlcli.tasks.base import EvalResult, TaskContext
-from dlcli.tasks.classify import predict
 
 TOP_K = 5  # reported when the data has at least TOP_K_MIN_CLASSES classes
 TOP_K_MIN_CLASSES = 10
@@ -62,11 +63,7 @@ def worst_mistakes(logits: torch.Tensor, target: torch.Tensor, count: int) -> li
 def mistakes_figure(images: torch.Tensor, mistakes: list[dict[str, Any]], class_names: list[str],
                     path: Path, title: str) -> Path:
     """A grid of images (N, C, H, W) in [0, 1], each titled 'true → predicted (confidence)'."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cols = min(GRID_COLUMNS, len(mistakes))
     rows = -(-len(mistakes) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.85 * rows + 0.5), squeeze=False)
@@ -94,7 +91,7 @@ def _short(names: list[str], i: int) -> str:
 def evaluate_classifier(checkpoint: dict[str, Any], ctx: TaskContext, split: str, out_dir: Path) -> EvalResult:
     """Metrics, tables and the worst-mistakes figure of the checkpoint's model on ``split`` (val | test)."""
     runtime = ctx.runtime
-    clf = load_classifier(checkpoint["path"], device=runtime.device, data_dir=ctx.data_dir)
+    clf = load_classifier(checkpoint, device=runtime.device)
     x, y = load_split(clf.recipe, split, ctx.data_dir)  # float [0, 1] (N, C, H, W), int64 (N,), on the CPU
     logits = predict(clf.model, x, runtime, clf.recipe.eval_batch_size).cpu()  # (N, K) float32
     k = logits.shape[1]

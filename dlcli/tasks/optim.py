@@ -10,25 +10,31 @@ import torch
 from dlcli.config import Recipe
 
 
-def build_optimizer(recipe: Recipe, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(recipe: Recipe, params: Iterable[torch.nn.Parameter], *,
+                    fused: bool | None = None) -> torch.optim.Optimizer:
+    """``fused``: adam/adamw in one kernel per step (torch's default None: off on the CPU); tiny networks
+    (DQN's) spend most of a step in per-parameter optimiser overhead otherwise."""
     o = recipe.optim
     params = [p for p in params if p.requires_grad]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
                                weight_decay=o.weight_decay)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused)
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused)
     if o.name == "adadelta":
         return torch.optim.Adadelta(params, lr=o.lr, weight_decay=o.weight_decay)
     raise ValueError(f"unknown optimizer {o.name!r}")  # config validation makes this unreachable
 
 
-def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
-    """A torch LR scheduler with ``.per_step`` telling when to call ``step()``; None for a constant rate."""
+def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, *, total_steps: int,
+                    steps_per_epoch: int) -> Any:
+    """A torch LR scheduler spanning ``total_steps`` optimiser steps (a whole run, or one stage of it), with
+    ``.per_step`` telling when to call ``step()``; None for a constant rate. ``steps_per_epoch`` converts the
+    recipe's epoch-valued settings (warm-up) into steps."""
     s = recipe.schedule
-    total = recipe.epochs * steps_per_epoch
+    total = max(1, total_steps)
     if s.name == "none":
         return None
     if s.name == "step":
@@ -53,3 +59,16 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_
         sched.per_step = True  # type: ignore[attr-defined]
         return sched
     raise ValueError(f"unknown schedule {s.name!r}")
+
+
+def load_scheduler(scheduler: Any, state: Any, restore: bool = True) -> None:
+    """Restore a scheduler saved by ``state_dict()`` unless ``restore`` is False (a new schedule was built for
+    epochs added to a finished run: the saved one has run its course)."""
+    if scheduler is None:
+        return
+    if restore and state is not None:
+        scheduler.load_state_dict(state)
+        return
+    # The optimiser's restored param groups carry the old schedule's final rate: start from the new one's.
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
+from dlcli.plots import pyplot
 from dlcli.registry import register_task
 from dlcli.tasks.base import EvalResult, Task, TaskContext
 
@@ -69,7 +70,7 @@ class PerceptronTask(Task):
     def header(self) -> dict[str, Any]:
         return {"train_samples": len(self.x)}
 
-    def steps_per_epoch(self) -> int:
+    def steps_per_epoch(self, epoch: int) -> int:
         return len(self.x)
 
     def _order(self, epoch: int) -> torch.Tensor:
@@ -117,12 +118,12 @@ class PerceptronTask(Task):
         bound = (r / gamma) ** 2 if separable else None
         correct = int((self.model.predict(self.x) == self.y).sum())
         return {
-            "converged": int(converged),
-            "linearly_separable": int(separable),
+            "converged": converged,
+            "linearly_separable": separable,
             "epochs_to_converge": len(self.mistakes_per_epoch) if converged else None,
             "updates": self.updates,
             "novikoff_bound": bound,
-            "updates_within_bound": int(bound is not None and self.updates <= bound),
+            "updates_within_bound": bool(bound is not None and self.updates <= bound),
             "margin": gamma if separable else None,
             "radius": r,
             "train_correct": correct,
@@ -137,7 +138,10 @@ class PerceptronTask(Task):
         return {"updates": self.updates, "epoch_mistakes": self.epoch_mistakes,
                 "mistakes_per_epoch": list(self.mistakes_per_epoch)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"eval_state": self.state_dict()}  # the mistake counts that the evaluation report shows
+
+    def load_state_dict(self, state: dict[str, Any], *, restore_schedule: bool = True) -> None:
         self.updates = int(state["updates"])
         self.epoch_mistakes = int(state["epoch_mistakes"])
         self.mistakes_per_epoch = [int(m) for m in state["mistakes_per_epoch"]]
@@ -146,7 +150,7 @@ class PerceptronTask(Task):
     def evaluate(cls, checkpoint: dict[str, Any], ctx: TaskContext, split: str, out_dir: Path) -> EvalResult:
         task = cls(ctx, **ctx.recipe.task_args)
         task.model.load_state_dict(checkpoint["model"])
-        task.load_state_dict(checkpoint["task_state"])
+        task.load_state_dict(checkpoint.get("eval_state") or checkpoint["task_state"])
         final = task.summary()
         rows = [[f"({', '.join(f'{v:g}' for v in x.tolist())})", int(y), int(p)]
                 for x, y, p in zip(task.x[:16], task.y[:16], task.model.predict(task.x[:16]))]
@@ -156,11 +160,7 @@ class PerceptronTask(Task):
 
 def plot_decision_line(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, path: Path,
                        title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     pos, neg = y > 0, y <= 0
     ax.scatter(x[pos, 0], x[pos, 1], c="tab:blue", marker="+", s=60, label="+1")

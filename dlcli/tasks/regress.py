@@ -13,9 +13,11 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from dlcli.plots import pyplot as _plt
 from dlcli.registry import register_task
 from dlcli.tasks.base import EvalResult, Task, TaskContext
-from dlcli.tasks.optim import build_optimizer, build_scheduler
+from dlcli.runtime import optimizer_step
+from dlcli.tasks.optim import build_optimizer, build_scheduler, load_scheduler
 
 
 class RegressTask(Task):
@@ -41,13 +43,15 @@ class RegressTask(Task):
         self.grid_y = self.data.test.y.to(dev).float().reshape(len(self.grid_x), -1)
         self._steps = steps_per_epoch
         self.optimizer = build_optimizer(self.recipe, self.raw.parameters())
-        self.scheduler = build_scheduler(self.recipe, self.optimizer, max(1, steps_per_epoch))
+        self.scheduler = build_scheduler(self.recipe, self.optimizer, total_steps=self.schedule_steps(),
+                                         steps_per_epoch=max(1, steps_per_epoch))
+        self.scaler = self.runtime.grad_scaler()
         self.loss_sum, self.loss_count = 0.0, 0
 
     def header(self) -> dict[str, Any]:
         return {"train_samples": len(self.x), "eval_points": len(self.grid_x)}
 
-    def steps_per_epoch(self) -> int:
+    def steps_per_epoch(self, epoch: int) -> int:
         return self._steps
 
     def samples_per_step(self) -> int:
@@ -60,9 +64,7 @@ class RegressTask(Task):
         for _ in range(start_step, self._steps):
             with self.runtime.autocast():
                 loss = nn.functional.mse_loss(self.model(self.x).float(), self.y)  # least squares
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            optimizer_step(loss, self.optimizer, self.scaler)
             if self.scheduler is not None and self.scheduler.per_step:
                 self.scheduler.step()
             value = float(loss.detach())
@@ -110,14 +112,16 @@ class RegressTask(Task):
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, restore_schedule: bool = True) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        load_scheduler(self.scheduler, state.get("scheduler"), restore_schedule)
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.loss_sum, self.loss_count = float(state["loss_sum"]), int(state["loss_count"])
 
     @classmethod
@@ -138,15 +142,6 @@ class RegressTask(Task):
             figures.append(str(plot_fit(task.model, task.x, task.y, task.grid_x, task.grid_y, out_dir / "fit.png",
                                         ctx.recipe.name, metrics["max_abs_error"])))
         return EvalResult(metrics, tables, figures)
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @torch.no_grad()

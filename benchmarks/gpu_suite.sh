@@ -1,0 +1,364 @@
+#!/usr/bin/env bash
+# Every GPU figure dlcli promises, in one script: the CUDA tests, `dlcli bench` rows (AlexNet, ResNet-50 in
+# fp32 / bf16 + channels-last / torch.compile), LeNet time to 99% on MNIST, CIFAR-10 time to 94% for
+# resnet18-cifar10, alexnet-cifar10 and resnet20-cifar10 trained with their recipes, dlcli's training
+# throughput against a bare PyTorch loop, and DeepFool images/s when benchmarks/attack_gpu_bench.py exists.
+#
+#   benchmarks/gpu_suite.sh --part mnist --out "$OUT"        # <= ~5 min on one H100 (needs MNIST/raw)
+#   benchmarks/gpu_suite.sh --part cifar --out "$OUT"        # <= ~5 min: resnet18 to 94%, alexnet (cifar10-jpg/)
+#   benchmarks/gpu_suite.sh --part cifar2 --out "$OUT"       # <= ~5 min: resnet20's whole recipe, DeepFool on it
+#   benchmarks/gpu_suite.sh --part all   --out DIR           # the three, one after the other
+#   benchmarks/gpu_suite.sh --part precision --out DIR       # optional: alexnet/resnet18-cifar10 again in fp32
+#   benchmarks/gpu_suite.sh --dry --out /tmp/suite           # CPU, tiny sizes: checks the script itself (CI)
+#
+# Data: DLCLI_DATA (or --data DIR) must hold MNIST/raw for part mnist and cifar10-jpg/ for part cifar. dlcli
+# need not be installed: it runs as `$PYTHON -m dlcli` with PYTHONPATH at this repository (PYTHON defaults
+# to python3). Every step has its own timeout, and a step that fails or times out is recorded and the suite
+# goes on; --budget SECONDS (default 290 per part) skips the steps that would no longer fit, most important
+# first. Results go to OUT/results.md (the table, rewritten after every step, so a suite that is killed still
+# leaves what it measured), OUT/results.json (every figure) and OUT/suite.log (each step's output, clipped).
+# In --dry mode the CIFAR steps run on a generated 200-image CIFAR-shaped folder, so CI needs only MNIST.
+set -u -o pipefail
+
+PART=all
+DRY=0
+OUT_DIR="${OUT:-gpu-suite-out}"
+DATA="${DLCLI_DATA:-}"
+BUDGET=290
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --part) PART="$2"; shift 2 ;;
+    --dry) DRY=1; shift ;;
+    --out) OUT_DIR="$2"; shift 2 ;;
+    --data) DATA="$2"; shift 2 ;;
+    --budget) BUDGET="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_suite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$PART" in mnist|cifar|cifar2|all|precision) ;;
+  *) echo "gpu_suite.sh: --part must be mnist, cifar, cifar2, all or precision" >&2; exit 2 ;; esac
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO" || exit 1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT_DIR" || exit 1
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/dlcli-gpu-suite.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/logs"
+STEPS="$OUT_DIR/steps.jsonl"  # one line per step (merged into results.json at the end)
+: > "$STEPS"
+: > "$OUT_DIR/suite.log"
+[ -n "$DATA" ] && export DLCLI_DATA="$DATA"
+export PYTHONUNBUFFERED=1
+
+if [ "$DRY" = 1 ]; then
+  DEV=cpu
+  BUDGET=100000
+  export DLCLI_CACHE="$WORK/cache"  # the generated folder's decoded copy is thrown away with $WORK
+else
+  DEV=cuda
+fi
+SUITE_T0=$(date +%s)
+PART_T0=$SUITE_T0
+
+# step NAME TIMEOUT_S COMMAND...: runs COMMAND with a timeout (cut to what is left of the budget), keeps its
+# stdout for the summary, appends both streams (clipped) to suite.log and one JSON line to steps.jsonl.
+step() {
+  local name="$1" limit="$2"; shift 2
+  local left=$(( BUDGET - ($(date +%s) - PART_T0) ))
+  if [ "$left" -lt 15 ]; then
+    printf '{"name": "%s", "status": "skipped", "seconds": 0, "note": "budget of %ss used up"}\n' \
+      "$name" "$BUDGET" >> "$STEPS"
+    echo "[gpu_suite] $name: skipped (budget)" >&2
+    summarize
+    return 0
+  fi
+  [ "$DRY" = 1 ] && [ "$limit" -lt 240 ] && limit=240  # dry: slow CI machines, the plumbing is the point
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "[gpu_suite] $name (timeout ${limit}s): $*" >&2
+  local t0 rc status
+  t0=$(date +%s.%N)
+  timeout --kill-after=10 "$limit" "$@" > "$WORK/logs/$name.out" 2> "$WORK/logs/$name.err"
+  rc=$?
+  local secs
+  secs=$("$PY" -c "import sys; print(round($(date +%s.%N) - $t0, 1))")
+  case $rc in 0) status=ok ;; 124|137) status=timeout ;; *) status=failed ;; esac
+  {
+    echo "===== $name: $status (exit $rc, ${secs}s): $*"
+    echo "----- stdout (last 150 lines)"; tail -n 150 "$WORK/logs/$name.out"
+    echo "----- stderr (last 80 lines)"; tail -n 80 "$WORK/logs/$name.err"
+  } >> "$OUT_DIR/suite.log"
+  printf '{"name": "%s", "status": "%s", "rc": %s, "seconds": %s, "stdout": "%s", "command": %s}\n' \
+    "$name" "$status" "$rc" "$secs" "$WORK/logs/$name.out" \
+    "$("$PY" -c 'import json, sys; print(json.dumps(" ".join(sys.argv[1:])))' "$@")" >> "$STEPS"
+  echo "[gpu_suite] $name: $status in ${secs}s" >&2
+  summarize
+}
+
+summarize() {
+  "$PY" - "$STEPS" "$OUT_DIR" "$PART" "$DRY" "$DEV" "$(( $(date +%s) - SUITE_T0 ))" <<'PYEOF'
+"""Turn steps.jsonl and each step's stdout into results.md (a table) and results.json (every figure)."""
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+
+steps_file, out_dir, part, dry, dev, elapsed = sys.argv[1:7]
+steps = [json.loads(line) for line in open(steps_file, encoding="utf-8") if line.strip()]
+
+
+def stdout_json(s):
+    try:  # a step may write its JSON beside its stdout (--json-out STDOUT.json) instead of on it
+        return json.load(open(s["stdout"] + ".json", encoding="utf-8"))
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        text = open(s["stdout"], encoding="utf-8").read()
+    except (OSError, KeyError):
+        return None
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        return None
+    try:
+        return json.loads(text[min(starts):])
+    except ValueError:
+        return None
+
+
+def gpu_name():
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def headline(s, data):
+    """One short figure per step for the table."""
+    name = s["name"]
+    if data is None:
+        if name.startswith("cuda_tests"):
+            try:
+                text = open(s["stdout"], encoding="utf-8").read().strip().splitlines()
+            except OSError:
+                return ""
+            return next((l for l in reversed(text) if re.search(r"passed|failed|skipped|deselected|error", l)), "")
+        return ""
+    if isinstance(data, list) and data and "samples_per_s" in json.dumps(data[0]):
+        parts = []
+        for r in data:
+            r = r.get("row", r) if isinstance(r, dict) else r
+            sps = r.get("samples_per_s") or r.get("throughput")
+            mfu = r.get("mfu")
+            parts.append(f"{r.get('model')} {r.get('mode')} {r.get('precision')}{' CL' if r.get('channels_last') else ''}"
+                         f"{' compile' if r.get('compile') else ''} b{r.get('batch_size')}: "
+                         f"{sps:,.0f} img/s" + (f", MFU {mfu:.1%}" if isinstance(mfu, (int, float)) else ""))
+        return "; ".join(parts)
+    if isinstance(data, dict) and "time_to_target_s" in data:
+        t = data["time_to_target_s"]
+        met = all(e["met"] for e in data.get("expect") or []) if data.get("expect") else None
+        return (f"{data['target']:.2%} test acc: " + (f"{t:.1f} s (epoch {data['epochs_to_target']}, training "
+                f"{data['train_time_to_target_s']:.1f} s)" if t is not None else "not reached")
+                + f"; {data['per_epoch_s']} s/epoch; final {data['final_test_accuracy']:.2%}"
+                + (f", expectation {'met' if met else 'NOT met'}" if met is not None else "")
+                + f" [{data['precision']}]")
+    if isinstance(data, dict) and "ratio" in data and "dlcli_images_per_s" in data:
+        return (f"dlcli {data['dlcli_images_per_s']:,.0f} vs bare {data['bare_images_per_s']:,.0f} img/s "
+                f"= {data['ratio']:.3f}x [{data['precision']}, b{data['batch_size']}]")
+    if isinstance(data, dict) and "runs" in data and "dlcli" in data.get("runs", {}):
+        runs = data["runs"]["dlcli"]
+        out = []
+        for r in runs:
+            hit = next((e for e in r["epochs"] if e["test_accuracy"] >= 0.99), None)
+            out.append(f"{hit['time_s']:.2f} s (epoch {hit['epoch']})" if hit else "99% not reached")
+        return "time to 99%: " + ", ".join(out) + f"; final {[round(r['final_test_accuracy'], 4) for r in runs]}"
+    if isinstance(data, dict) and isinstance(data.get("rows"), list) and data["rows"] and "images_per_s" in data["rows"][0]:
+        return f"DeepFool on {data.get('recipe')}: " + "; ".join(
+            f"{r['method']}: {r['images_per_s']:,.0f} img/s" for r in data["rows"] if r.get("images_per_s"))
+    if isinstance(data, dict) and "images_per_s" in data:
+        return (f"{data.get('attack', 'attack')} on {data.get('recipe')}: {data['images_per_s']:,.0f} images/s "
+                f"({data.get('images')} images, fooling rate {data.get('fooling_rate')}, rho_adv {data.get('rho_adv')})")
+    if isinstance(data, dict) and "final" in data and "header" in data:
+        return f"final {json.dumps({k: v for k, v in data['final'].items() if 'accuracy' in k})}"
+    text = json.dumps(data)
+    return text[:200]
+
+
+rows, details = [], []
+for s in steps:
+    data = stdout_json(s) if s.get("status") != "skipped" else None
+    fig = headline(s, data) if s.get("status") in ("ok", "timeout", "failed") else ""
+    if s.get("status") == "timeout" and s["name"].startswith("cifar_"):
+        prog = os.path.join(os.path.dirname(s["stdout"]), "..", "progress.jsonl")
+        try:
+            curve = [json.loads(l) for l in open(prog, encoding="utf-8")]
+            mine = [c for c in curve if c["recipe"] in s.get("command", "")]
+            if mine:
+                last = mine[-1]
+                fig = (f"stopped after epoch {last['epoch']}: test {last['test_accuracy']:.2%} at {last['time_s']:.1f} s"
+                       f" ({last['train_time_s'] / last['epoch']:.2f} s/epoch)")
+                data = {"partial_history": mine}
+        except OSError:
+            pass
+    rows.append((s["name"], s["status"], s.get("seconds", 0), fig))
+    details.append({**s, "data": data})
+
+import torch  # noqa: E402  (after the cheap parts, so a broken torch still leaves the table above)
+
+env = {"date": dt.datetime.now().isoformat(timespec="seconds"), "part": part, "dry": dry == "1", "device": dev,
+       "gpu": gpu_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+       "python": platform.python_version(), "host_cpus": os.cpu_count(), "elapsed_s": int(elapsed),
+       "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+if dev == "cuda" and torch.cuda.is_available():
+    env["gpu_torch_name"] = torch.cuda.get_device_name(0)
+lines = [f"# dlcli GPU suite: part {part}{' (DRY RUN on the CPU: figures are not results)' if dry == '1' else ''}",
+         "", f"{env.get('gpu_torch_name') or env['gpu'] or 'no GPU'}; torch {env['torch']} (CUDA {env['cuda']}), "
+         f"Python {env['python']}, {env['host_cpus']} CPUs; {env['date']}; suite time {env['elapsed_s']} s.", "",
+         "| step | status | seconds | figure |", "|---|---|---:|---|"]
+lines += [f"| {n} | {st} | {sec} | {fig} |" for n, st, sec, fig in rows]
+with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"environment": env, "steps": details}, f, indent=1, default=str)
+PYEOF
+}
+
+# A CIFAR-shaped folder of 200 generated 32x32 JPEGs (10 classes x 16 train + 4 test) for --dry.
+make_mini_cifar() {
+  "$PY" - "$1" <<'PYEOF'
+import sys
+from pathlib import Path
+
+import torch
+from torchvision.io import encode_jpeg, write_file
+
+root = Path(sys.argv[1]) / "cifar10-jpg"
+g = torch.Generator().manual_seed(0)
+for split, n in (("train", 16), ("test", 4)):
+    for c in range(10):
+        d = root / split / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = (torch.rand(3, 32, 32, generator=g) * 64 + c * 19).to(torch.uint8)  # class-dependent brightness
+            write_file(str(d / f"{i:04d}.jpg"), encode_jpeg(img))
+PYEOF
+}
+
+run_mnist() {
+  PART_T0=$(date +%s)
+  step cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/
+  if [ "$DRY" = 1 ]; then
+    # The same command lines on LeNet-5 (AlexNet and ResNet-50 take minutes on a small CPU), no --compile
+    # (compiling takes minutes on a CPU).
+    local tiny=(--device cpu --batch-size 2 --warmup 1 --steps 1 --json)
+    step bench_alexnet 60 "$PY" -m dlcli bench lenet5 "${tiny[@]}"
+    step bench_resnet50_bf16_cl 60 "$PY" -m dlcli bench lenet5 --precision bf16 --channels-last "${tiny[@]}"
+    step lenet_tt99 90 "$PY" benchmarks/lenet_vs_pytorch_examples.py --dlcli-only --device cpu --json \
+      --set epochs=1 --set data.args.train_size=1280 --set data.args.val_size=100
+  else
+    step bench_alexnet 60 "$PY" -m dlcli bench alexnet --device cuda --json
+    step bench_alexnet_bf16_cl 60 "$PY" -m dlcli bench alexnet --device cuda --precision bf16 --channels-last --json
+    step bench_resnet50_bf16_cl 75 "$PY" -m dlcli bench resnet50 --device cuda --precision bf16 --channels-last \
+      --batch-size 256 --json
+    step bench_resnet50_fp32_infer 60 "$PY" -m dlcli bench resnet50 --device cuda --mode infer --precision fp32 \
+      --batch-size 256 --json
+    step lenet_tt99 75 "$PY" benchmarks/lenet_vs_pytorch_examples.py --dlcli-only --device cuda --json
+    step lenet_tt99_b512 60 "$PY" benchmarks/lenet_vs_pytorch_examples.py --dlcli-only --device cuda --json \
+      --set batch_size=512 --set optim.lr=0.4  # fewer, larger steps: what a GPU wants
+    run_attack lenet-modern mnist
+    step bench_resnet50_bf16_cl_compile 150 "$PY" -m dlcli bench resnet50 --device cuda --mode train \
+      --precision bf16 --channels-last --compile --batch-size 256 --json
+    return
+  fi
+  run_attack lenet-modern mnist
+}
+
+# DeepFool images/s on a run trained here, when the attacks' GPU benchmark exists (it is someone else's file).
+run_attack() {
+  local recipe="$1" kind="$2" run="$WORK/$1-run"
+  if [ ! -f "$run/best.pt" ]; then
+    local extra=()
+    [ "$DRY" = 1 ] && extra=(--epochs 1 --set data.args.train_size=256)
+    [ "$DRY" = 1 ] && [ "$kind" = cifar ] && extra=(--epochs 1 --data-dir "$WORK/data" --set data.args.train_size=32
+                                                   --set data.args.val_size=10 --set data.args.test_size=10)
+    step "train_$kind" 60 "$PY" -m dlcli train "$recipe" --device "$DEV" --out "$run" --json "${extra[@]}"
+  fi
+  local n=(--n 2000) data=()
+  [ "$DRY" = 1 ] && n=(--n 8)
+  [ "$DRY" = 1 ] && [ "$kind" = cifar ] && data=(--data-dir "$WORK/data")
+  if [ -f benchmarks/attack_gpu_bench.py ]; then  # the attacks' own GPU benchmark: box/paper x loop/batched
+    local bench=(--n 10000 --repeats 3)
+    [ "$kind" = cifar ] && bench=(--n 2000 --repeats 2)
+    [ "$DRY" = 1 ] && bench=(--n 8 --repeats 1 --ta-n 0)
+    step "deepfool_$kind" 90 "$PY" benchmarks/attack_gpu_bench.py "$run" --device "$DEV" "${bench[@]}" "${data[@]}" \
+      --json-out "$WORK/logs/deepfool_$kind.out.json"
+  else  # the attack command itself reports images/s (model, data on the device, batched DeepFool)
+    step "deepfool_$kind" 75 "$PY" -m dlcli attack deepfool "$run" --device "$DEV" --json "${n[@]}" "${data[@]}"
+  fi
+}
+
+run_cifar() {  # CIFAR_SET=1: part cifar; 2: part cifar2
+  PART_T0=$(date +%s)
+  local data_args=() sets=() thr=(--steps 50 --warmup 10 --repeats 3)
+  if [ "$DRY" = 1 ]; then
+    make_mini_cifar "$WORK/data"
+    data_args=(--data-dir "$WORK/data")
+    sets=(--set epochs=1 --set batch_size=16 --set data.args.train_size=32 --set data.args.val_size=10
+          --set data.args.test_size=10)
+    thr=(--steps 1 --warmup 1 --repeats 1 --set batch_size=8 --set data.args.val_size=10
+         --set data.args.test_size=10)
+  fi
+  local tta=("$PY" benchmarks/cifar_time_to_accuracy.py --device "$DEV" --json --progress "$WORK/progress.jsonl"
+             "${data_args[@]}" "${sets[@]}")
+  if [ "$CIFAR_SET" = 1 ]; then  # part cifar: the two recipes that fit one call, then dlcli vs a bare loop
+    step cifar_resnet18_tta94 120 "${tta[@]}" --recipe resnet18-cifar10 --target 0.94 --out "$WORK/resnet18-cifar10-run"
+    step cifar_alexnet_verify 140 "${tta[@]}" --recipe alexnet-cifar10 --target 0.86 --out "$WORK/alexnet-cifar10-run"
+    local r
+    for r in resnet18 resnet20; do
+      step "throughput_$r" 40 "$PY" benchmarks/cifar_throughput.py --recipe "$r-cifar10" --device "$DEV" --json \
+        "${data_args[@]}" "${thr[@]}"
+    done
+  else  # part cifar2: ResNet-20's whole recipe (about 3 minutes on an H200), DeepFool on it, AlexNet's throughput
+    step cifar_resnet20_verify 210 "${tta[@]}" --recipe resnet20-cifar10 --target 0.9125 --out "$WORK/resnet20-cifar10-run"
+    run_attack resnet20-cifar10 cifar
+    step throughput_alexnet 40 "$PY" benchmarks/cifar_throughput.py --recipe alexnet-cifar10 --device "$DEV" --json \
+      "${data_args[@]}" "${thr[@]}"
+  fi
+}
+
+# Optional, not in "all": the CIFAR recipes again in fp32 (same seed, same epochs) beside the bf16 runs of
+# part cifar, to show that bf16 autocast reaches the same accuracy. Needs cifar10-jpg/.
+run_precision() {
+  PART_T0=$(date +%s)
+  local data_args=() sets=()
+  if [ "$DRY" = 1 ]; then
+    make_mini_cifar "$WORK/data"
+    data_args=(--data-dir "$WORK/data")
+    sets=(--set epochs=1 --set batch_size=16 --set data.args.train_size=32 --set data.args.val_size=10
+          --set data.args.test_size=10)
+  fi
+  local tta=("$PY" benchmarks/cifar_time_to_accuracy.py --device "$DEV" --json --progress "$WORK/progress.jsonl"
+             "${data_args[@]}" "${sets[@]}" --set precision=fp32)
+  step cifar_alexnet_fp32 120 "${tta[@]}" --recipe alexnet-cifar10 --target 0.86
+  step cifar_resnet18_fp32_tta94 240 "${tta[@]}" --recipe resnet18-cifar10 --target 0.94
+}
+
+case "$PART" in
+  mnist) run_mnist ;;
+  cifar) CIFAR_SET=1 run_cifar ;;
+  cifar2) CIFAR_SET=2 run_cifar ;;
+  all) run_mnist; CIFAR_SET=1 run_cifar; CIFAR_SET=2 run_cifar ;;
+  precision) run_precision ;;
+esac
+summarize
+echo
+cat "$OUT_DIR/results.md"
+# Exit 0 when every step that ran finished (skips are reported, not failures).
+! grep -q '"status": "\(failed\|timeout\)"' "$STEPS"

@@ -1,0 +1,180 @@
+"""DeepFool against plain references on small synthetic models: the box-constrained step, the paper's iteration.
+
+Everything here is synthetic (no data files) and runs in well under a second per test. The references are
+written independently of ``dlcli.attacks``: the box-constrained step by bisection on its scalar in float64,
+the paper's Algorithm 2 one image at a time in float64 with full Jacobians.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dlcli.attacks import box_step, deepfool, free_step
+from dlcli.attacks.linear_step import UNREACHABLE
+
+# ----------------------------------------------------------------------------------- the box-constrained step
+
+
+def bisect_box_step(w: torch.Tensor, c: float, lo: torch.Tensor, hi: torch.Tensor, norm: str) -> torch.Tensor:
+    """The smallest-‖r‖_p r with w·r = c and lo ≤ r ≤ hi, by bisection on its scalar (float64, one row).
+
+    ℓ2: r = clip(s·w, lo, hi); ℓ∞: r = clip(s·sign(w), lo, hi); w·r grows with s, so bisect s until w·r = c.
+    """
+    w, lo, hi = w.double(), lo.double(), hi.double()
+    u = w if norm == "2" else w.sign()
+
+    def r_of(s: float) -> torch.Tensor:
+        return torch.minimum(torch.maximum(s * u, lo), hi)
+
+    a, b = 0.0, 1.0
+    while float(w @ r_of(b)) < c:
+        b *= 2
+    for _ in range(200):
+        m = (a + b) / 2
+        a, b = (m, b) if float(w @ r_of(m)) < c else (a, m)
+    return r_of(b)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_box_step_is_the_bisection_solution_and_lands_on_the_boundary(norm):
+    g = torch.Generator().manual_seed(0)
+    d = 50
+    w = torch.randn(6, d, generator=g)
+    x = torch.rand(6, d, generator=g)
+    x[:, :20] = torch.where(torch.rand(6, 20, generator=g) < 0.5, 0.0, 1.0)  # pixels at a bound, as on MNIST
+    lo, hi = -x, 1 - x
+    free = (w.abs() * torch.where(w > 0, hi, -lo)).sum(1)
+    c = 0.5 * free  # half of what moving every pixel to its bound achieves: reachable, and pixels saturate
+    r, key = box_step(w, c, lo, hi, norm, step_eps=0.0)
+    assert ((r >= lo - 1e-6) & (r <= hi + 1e-6)).all()
+    assert torch.allclose((w * r).sum(1), c, rtol=1e-4)
+    for i in range(6):
+        ref = bisect_box_step(w[i], float(c[i]), lo[i], hi[i], norm)
+        assert torch.allclose(r[i].double(), ref, atol=1e-5), (i, (r[i].double() - ref).abs().max())
+        p = 2 if norm == "2" else float("inf")
+        assert float(key[i]) == pytest.approx(float(ref.norm(p=p)), rel=1e-5)
+    unconstrained, _ = free_step(w, c, norm, 0.0)
+    assert ((x + unconstrained < 0) | (x + unconstrained > 1)).any()  # the box did bind in this case
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_box_step_without_binding_pixels_is_the_papers_step(norm):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4, 30, generator=g)
+    c = torch.full((4,), 0.01)  # a tiny step: nothing reaches a bound of a mid-grey image
+    lo, hi = torch.full((4, 30), -0.5), torch.full((4, 30), 0.5)
+    r, key = box_step(w, c, lo, hi, norm, step_eps=1e-4)
+    ref, dist = free_step(w, c, norm, step_eps=1e-4)
+    assert torch.allclose(r, ref, atol=1e-7)
+    assert torch.equal(key.argsort(), dist.argsort())  # the same ranking of candidates
+
+
+def test_an_unreachable_boundary_ranks_last_and_moves_every_pixel_to_its_bound():
+    w = torch.tensor([[1.0, -2.0, 0.5], [1.0, 1.0, 1.0]])
+    x = torch.tensor([[0.9, 0.1, 0.5], [0.5, 0.5, 0.5]])
+    lo, hi = -x, 1 - x
+    c = torch.tensor([10.0, 0.3])  # row 0 can reach at most 0.1 + 0.2 + 0.25 = 0.55
+    r, key = box_step(w, c, lo, hi, "2", step_eps=0.0)
+    assert key[0] >= UNREACHABLE and key[1] < 1
+    assert torch.allclose(r[0], torch.tensor([0.1, -0.1, 0.5]))
+    assert torch.allclose((w[1] * r[1]).sum(), torch.tensor(0.3))
+
+
+# --------------------------------------------------------------------- the paper's iteration, one image at a time
+
+
+def relu_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 6)).eval()
+
+
+def reference_deepfool(model: nn.Module, x: torch.Tensor, norm: str, overshoot: float = 0.02, max_iter: int = 50,
+                       candidates: int = 10, step_eps: float = 1e-4) -> tuple[torch.Tensor, list[int]]:
+    """Algorithm 2 as the authors' reference code writes it, one image at a time, float64, full Jacobians."""
+    m64 = copy.deepcopy(model).double()
+    out, iters = [], []
+    for img in x.double():
+        img = img.unsqueeze(0)
+        with torch.no_grad():
+            order = m64(img)[0].argsort(descending=True)[:candidates].tolist()
+        label = order[0]
+        r_tot = torch.zeros_like(img)
+        x_i, i = img.clone(), 0
+        while i < max_iter and int(m64(x_i)[0].argmax()) == label:
+            f = m64(x_i)[0].detach()
+            jac = torch.autograd.functional.jacobian(lambda z: m64(z)[0], x_i)  # (K, 1, C, H, W)
+            pert, w = float("inf"), None
+            for k in order[1:]:
+                w_k = (jac[k] - jac[label]).flatten()
+                f_k = float(f[k] - f[label])
+                pert_k = abs(f_k) / float(w_k.norm() if norm == "2" else w_k.abs().sum())
+                if pert_k < pert:
+                    pert, w = pert_k, w_k
+            r_i = (pert + step_eps) * (w / w.norm() if norm == "2" else w.sign())
+            r_tot = r_tot + r_i.view_as(img)
+            x_i = img + (1 + overshoot) * r_tot
+            i += 1
+        out.append(((1 + overshoot) * r_tot)[0])
+        iters.append(i)
+    return torch.stack(out), iters
+
+
+_REFERENCES: dict[str, tuple[torch.Tensor, list[int]]] = {}
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+@pytest.mark.parametrize("grad", ["loop", "batched"])
+def test_batched_deepfool_matches_a_float64_one_image_reference_over_several_iterations(norm, grad):
+    model = relu_net(0)
+    x = torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(10))
+    if norm not in _REFERENCES:  # the same reference serves both gradient strategies
+        _REFERENCES[norm] = reference_deepfool(model, x, norm)
+    ref, ref_iters = _REFERENCES[norm]
+    res = deepfool(model, x, norm=norm, clip="none", grad=grad, batch_size=10)  # chunks of 10: 3 batches
+    assert res.iterations.tolist() == ref_iters
+    assert max(ref_iters) >= 4 and sum(ref_iters) / len(ref_iters) > 2  # several iterations, not one linear step
+    gap = (res.perturbation.double() - ref).abs().max()
+    assert torch.allclose(res.perturbation.double(), ref, atol=2e-5, rtol=1e-4), gap
+    assert res.fooled.all()
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_box_mode_is_the_papers_iteration_when_no_pixel_meets_a_bound(norm):
+    model = relu_net(1)
+    x = 0.35 + 0.3 * torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(11))  # mid-grey images
+    free = deepfool(model, x, norm=norm, clip="none")
+    final = x + free.perturbation
+    assert ((final > 0.05) & (final < 0.95)).all()  # the unconstrained iteration stays far from both bounds
+    assert free.iterations.max() >= 2
+    box = deepfool(model, x, norm=norm, clip="box")
+    assert torch.equal(box.iterations, free.iterations)
+    assert torch.allclose(box.perturbation, free.perturbation, atol=1e-6)
+    assert torch.equal(box.adv_pred, free.adv_pred)
+
+
+def test_the_two_gradient_strategies_agree_in_box_mode():
+    model = relu_net(2)
+    x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(12))
+    x[:, :, :2] = 0.0  # two rows of black pixels, so the box binds
+    loop = deepfool(model, x, clip="box", grad="loop")
+    batched = deepfool(model, x, clip="box", grad="batched")
+    assert loop.grad == "loop" and batched.grad == "batched"
+    assert torch.equal(loop.iterations, batched.iterations)
+    assert torch.allclose(loop.perturbation, batched.perturbation, atol=1e-5)
+    assert torch.equal(loop.grad_evals, batched.grad_evals)
+
+
+def test_non_finite_input_and_settings_are_refused():
+    model = relu_net(0)
+    x = torch.rand(2, 1, 4, 4)
+    for kwargs in ({"overshoot": float("nan")}, {"overshoot": float("inf")}, {"grad": "sometimes"}):
+        with pytest.raises(ValueError):
+            deepfool(model, x, **kwargs)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        deepfool(model, x)

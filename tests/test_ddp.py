@@ -1,0 +1,68 @@
+"""DistributedDataParallel through torchrun on the CPU (gloo): the same recipe on 2 processes gives the weights of
+1 process, one run folder is written, and a Ctrl-C on one rank stops both at the same step, resumably.
+
+These start real process groups (``dlcli train ... --nproc-per-node 2`` hands off to torch.distributed.run),
+on a small slice of real MNIST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlcli.checkpoint import load_checkpoint
+
+SMALL = ["--set", "data.args.train_size=600", "--set", "data.args.val_size=300", "--epochs", "2",
+         "--set", "batch_size=100", "--device", "cpu"]
+
+
+def _dlcli(args: list[str], cwd: Path, data_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    e = {**os.environ, "DLCLI_DATA": str(data_dir), "OMP_NUM_THREADS": "1", **env}
+    e.pop("DLCLI_FAULT_SIGINT", None) if "DLCLI_FAULT_SIGINT" not in env else None
+    return subprocess.run([sys.executable, "-m", "dlcli", *args], cwd=cwd, env=e, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+
+
+def test_two_processes_equal_one_and_ctrl_c_on_one_rank_stops_both(tmp_path, data_dir):
+    one = _dlcli(["train", "lenet-modern", *SMALL, "--out", "one", "--json"], tmp_path, data_dir)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _dlcli(["train", "lenet-modern", *SMALL, "--nproc-per-node", "2", "--json"], tmp_path, data_dir)
+    assert two.returncode == 0, two.stderr[-2000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 1  # rank 0 chose the folder, rank 1 used it
+    out = json.loads(two.stdout)  # rank 0 alone printed one JSON document
+    assert out["header"]["world_size"] == 2 and Path(out["run_dir"]).name == runs[0].name
+    # same global batch, loss normalised by it, DDP averaging: float32 reduction order is the only difference
+    assert _max_diff(tmp_path / "one" / "last.pt", runs[0] / "last.pt") < 1e-5
+    assert out["final"]["val_accuracy"] == json.loads(one.stdout)["final"]["val_accuracy"]
+
+    # rank 1 receives a real SIGINT after step 2 of epoch 2; rank 0 never does
+    stopped = _dlcli(["train", "lenet-modern", *SMALL, "--nproc-per-node", "2", "--out", "stopped"], tmp_path,
+                     data_dir, DLCLI_FAULT_SIGINT="1:2:2")
+    assert stopped.returncode != 0
+    ck = load_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert (ck["epoch"], ck["step"]) == (1, 2)  # both ranks stopped after the same step
+    resumed = _dlcli(["train", "--resume", "stopped", "--nproc-per-node", "2", "--json"], tmp_path, data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _max_diff(runs[0] / "last.pt", tmp_path / "stopped" / "last.pt") == 0.0
+
+
+def test_batch_not_divisible_by_processes_is_one_line(tmp_path, data_dir):
+    res = _dlcli(["train", "lenet-modern", *SMALL, "--set", "batch_size=101", "--nproc-per-node", "2"], tmp_path,
+                 data_dir)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "batch_size 101 is not divisible by the 2 processes" in lines[0], res.stderr
+    assert not (tmp_path / "runs").exists()  # checked before any process starts
