@@ -3,10 +3,12 @@
 For a trained classify run (any input size) and a device, each configuration attacks the same first N test
 images: ``--clip box`` (the default, valid images) and ``--clip none`` (the paper's iteration), each with
 ``grad="loop"`` (one backward pass per candidate class) and ``grad="batched"`` (all candidates in one batched
-vector-Jacobian product). One untimed warm-up run per configuration (CUDA context, cuDNN algorithm choice,
-allocator), then ``--repeats`` rounds that time every configuration once each, interleaved so that a drifting
-load slows all of them alike, device synchronised, median reported. torchattacks' DeepFool runs
-on the same images and device when it is installed (on ``--ta-n`` images: it is slow).
+vector-Jacobian product). One untimed warm-up batch per configuration (CUDA context, kernels, allocator;
+the attacks switch cuDNN autotuning off, since their batches shrink as images flip), then ``--repeats``
+rounds that time every configuration once each, interleaved so that a drifting load slows all of them
+alike, device synchronised, median reported. torchattacks' DeepFool runs on the same images and device when
+it is installed, on the first ``--ta-n`` (100) images: it attacks one image at a time, hundreds of times
+slower, and its images/s do not depend on how many it gets.
 
 The table gives images/s, ms per image, mean iterations, the fooling rate of the images each method hands
 out (valid, clamped to [0, 1]) and ρ of those images; ``--json-out FILE`` writes the same as JSON with the
@@ -68,7 +70,8 @@ def main() -> None:
     ap.add_argument("--norm", default="2", choices=["2", "inf"])
     ap.add_argument("--modes", default="box,none", help="comma-separated clip modes (box, none, step)")
     ap.add_argument("--grads", default="loop,batched", help="comma-separated gradient strategies")
-    ap.add_argument("--ta-n", type=int, default=1000, help="images for torchattacks (0: skip it)")
+    ap.add_argument("--ta-n", type=int, default=100, help="images for torchattacks (0: skip it); it attacks "
+                                                         "one image at a time, so its images/s do not depend on N")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json-out", default=None, help="write the results as JSON to this file")
@@ -90,8 +93,9 @@ def main() -> None:
         return deepfool(model, x, y, norm=args.norm, clip=clip, grad=grad, batch_size=args.batch_size)
 
     # Rounds interleave the configurations, so that a machine whose load drifts slows all of them alike.
-    for clip, grad in configs:
-        attack(clip, grad)  # warm-up: CUDA context, cuDNN algorithm choice, allocator
+    for clip, grad in configs:  # warm-up on one batch: CUDA context, kernels, allocator
+        deepfool(model, x[: args.batch_size], y[: args.batch_size], norm=args.norm, clip=clip, grad=grad,
+                 batch_size=args.batch_size)
     times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     results: dict[tuple[str, str], Any] = {}
     for r in range(args.repeats):

@@ -348,10 +348,11 @@ def verify_cmd(
 
 
 def _mount_extensions() -> None:
-    from dlcli import cli_attack, cli_bench
+    from dlcli import cli_attack, cli_bench, cli_gen
 
     app.add_typer(cli_attack.attack_app, name="attack")
     cli_bench.register(app)
+    cli_gen.register(app)
 
 
 _mount_extensions()

@@ -307,6 +307,7 @@ def test_eval_reports_parzen_fld_with_its_floor_and_coverage(cli, gan_run, lenet
     m = res.metrics
     assert m["samples"] == 100 and m["images"] == 10_000
     assert m["fld"] > m["fld_floor"] > 0  # a 8-step GAN is far from the data; real train vs test is close
+    assert m["parzen_ll_real"] > m["parzen_ll"]  # real images in place of the samples: the estimate's reference
     assert sum(res.details["class_histogram"].values()) == 100 and 1 <= m["classes_covered"] <= 10
     assert str(lenet_run) in m["features"] and Path(res.figures[0]).is_file()
     # without --features: the newest lenet run under runs/ (the cli fixture runs in tmp_path)

@@ -32,11 +32,15 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode (no batch-norm coupling between images, no dropout) and no parameter gradients.
 
     Gradients are only needed with respect to the input; switching them off for the weights keeps autograd
-    from building (and the backward pass from computing) weight gradients. Both are restored afterwards.
+    from building (and the backward pass from computing) weight gradients. cuDNN's autotuning is switched off
+    too: DeepFool's batch shrinks as images flip, and timing algorithms for every new batch size costs more
+    than it saves. All three are restored afterwards.
     """
     was_training = model.training
+    was_benchmark = torch.backends.cudnn.benchmark
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
+    torch.backends.cudnn.benchmark = False
     for p, _ in flags:
         p.requires_grad_(False)
     try:
@@ -45,6 +49,7 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+        torch.backends.cudnn.benchmark = was_benchmark
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -59,13 +59,17 @@ class ClassifyTask(Task):
                               self.data.std)
         self.model, self.raw = rt.prepare(build_classifier(self.recipe, self.meta))
         dev = rt.device
-        assert self.data.train is not None
-        self.batches = ImageBatches(self.data.train.x.to(dev), self.data.train.y.to(dev), self.recipe.batch_size,
-                                    self.recipe.seed, shift=shift, crop=crop, flip=flip, rank=rt.rank,
-                                    world_size=rt.world_size)
+        rt.notes.extend(self.data.extra.get("notes", []))  # e.g. skipped corrupt images, a decoded-data cache
+        # in-memory images (uint8 on the device), or None when the source streams its training images from a
+        # DataLoader (``train_dataset``: image folders decoded by workers)
+        self.batches = None if self.data.train is None else ImageBatches(
+            self.data.train.x.to(dev), self.data.train.y.to(dev), self.recipe.batch_size, self.recipe.seed,
+            shift=shift, crop=crop, flip=flip, rank=rt.rank, world_size=rt.world_size)
         self.val_split = Split(self.data.val.x.to(dev), self.data.val.y.to(dev)) if self.data.val else None
         self.test_split = Split(self.data.test.x.to(dev), self.data.test.y.to(dev)) if self.data.test else None
         self.batch_size = self.recipe.batch_size
+        if self.data.train_dataset is None and self.batches is None:
+            raise ValueError(f"data source {self.recipe.data.source} gave no training images")
         n = len(self.data.train_dataset) if self.data.train_dataset is not None else len(self.batches)
         self._steps = -(-n // self.batch_size)
         self.optimizer = build_optimizer(self.recipe, self.raw.parameters())
@@ -79,7 +83,7 @@ class ClassifyTask(Task):
     def header(self) -> dict[str, Any]:
         return {
             "data": self.recipe.data.source,
-            "train_samples": len(self.data.train_dataset or self.batches),
+            "train_samples": len(self.data.train_dataset if self.data.train_dataset is not None else self.batches),
             "val_samples": len(self.val_split) if self.val_split else 0,
             "test_samples": len(self.data.test) if self.data.test else 0,
             "input_shape": list(self.data.input_shape),

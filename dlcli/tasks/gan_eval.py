@@ -183,7 +183,8 @@ def measure(samples: torch.Tensor, *, val: torch.Tensor, images: torch.Tensor, t
             features: FeatureNetwork | None, device: torch.device | str,
             sigma_val_images: int = SIGMA_VAL_IMAGES) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every measure of ``samples`` (float [0, 1], (N, C, H, W)) against real ``images`` (the split measured):
-    the Parzen log-likelihood (sigma chosen on the first ``sigma_val_images`` of ``val``), and with a feature
+    the Parzen log-likelihood (sigma chosen on the first ``sigma_val_images`` of ``val``) and, as its
+    reference, the same estimate with as many real ``train`` images in place of the samples; with a feature
     network the Fréchet LeNet distance, its floor (``train`` images vs ``images``, as many as samples) and
     class coverage. Returns (metrics, details); metrics are what ``expect`` and the tables show."""
     t0 = time.perf_counter()
@@ -191,6 +192,10 @@ def measure(samples: torch.Tensor, *, val: torch.Tensor, images: torch.Tensor, t
     metrics: dict[str, Any] = {"parzen_ll": p.mean, "parzen_se": p.se, "parzen_sigma": p.sigma,
                                "samples": len(samples), "images": len(images)}
     details: dict[str, Any] = {"parzen_val_by_sigma": p.val_by_sigma}
+    if train is not None:  # the same protocol with real training images as the "samples": what data scores
+        real = parzen(images_to_float(train[:len(samples)]), images_to_float(val[:sigma_val_images]),
+                      images_to_float(images))
+        metrics["parzen_ll_real"], metrics["parzen_sigma_real"] = real.mean, real.sigma
     metrics["parzen_time_s"] = round(time.perf_counter() - t0, 2)
     if features is None:
         return metrics, details

@@ -42,7 +42,10 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, *, total_s
         sched.per_step = False  # type: ignore[attr-defined]
         return sched
     if s.name == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.optim.lr, total_steps=max(total, 2),
+        # torch's OneCycleLR divides by zero when its warm-up phase is under two steps (pct_start x total < 2):
+        # a schedule spanning a few more steps than a tiny run takes is the same curve, cut short
+        span = max(total, int(2 / s.pct_start) + 2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.optim.lr, total_steps=span,
                                                     pct_start=s.pct_start)
         sched.per_step = True  # type: ignore[attr-defined]
         return sched
