@@ -137,7 +137,7 @@ def worker_bare(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     obs, _ = envs.reset(seed=args.seed)
     prev_done = np.zeros(n, dtype=bool)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while steps < args.steps:
         eps = max(a["epsilon_end"], 1 + (a["epsilon_end"] - 1) * steps / a["epsilon_steps"])
         with torch.no_grad():
@@ -164,9 +164,36 @@ def worker_bare(args: argparse.Namespace) -> None:
             if updates % a["target_update"] == 0:
                 target.load_state_dict(q.state_dict())
         rounds = due
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps({"seconds": elapsed, "env_steps": steps, "updates": updates,
-                      "us_per_env_step": elapsed / steps * 1e6}))
+                      "us_per_env_step": elapsed / steps * 1e6, "cpu_us_per_env_step": cpu / steps * 1e6}))
+
+
+def worker_dlcli_loop(args: argparse.Namespace) -> None:
+    """dlcli's training loop (the trainer and the dqn task, no progress bar) for ``--steps`` transitions, timed
+    from the trainer's start to the end of the epoch (before its checkpoint): µs per environment step."""
+    from dlcli.config import apply_overrides, load_recipe, parse_set
+    from dlcli.runtime import Runtime
+    from dlcli.train import NoCallbacks, train
+
+    sets = ["epochs=1", f"task_args.env_steps_per_epoch={args.steps}", "task_args.val_episodes=0",
+            "task_args.stop_at_return=null", "task_args.test_episodes=1", f"seed={args.seed}"]
+    r = apply_overrides(load_recipe("dqn-cartpole"), dict(parse_set(s) for s in sets))
+
+    class Clock(NoCallbacks):
+        def on_start(self, header: dict[str, Any], total_steps: int, done_steps: int) -> None:
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+            self.t1, self.c1, self.m = time.perf_counter(), time.process_time(), metrics
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        train(r, Runtime.from_config(r), Path(tmp) / "run", callbacks=clock)
+    steps = clock.m["env_steps"]
+    print(json.dumps({"seconds": clock.t1 - clock.t0, "env_steps": steps, "updates": clock.m["updates"],
+                      "us_per_env_step": (clock.t1 - clock.t0) / steps * 1e6,
+                      "cpu_us_per_env_step": (clock.c1 - clock.c0) / steps * 1e6}))
 
 
 # ------------------------------------------------------------------------------------------ the parent
@@ -277,24 +304,25 @@ def run_snapshot_tool(tool: str, seed: int, args: argparse.Namespace) -> dict[st
 
 
 def run_bare_pair(seed: int, steps: int) -> dict[str, Any]:
-    bare_load = load_average()
-    p = subprocess.run([sys.executable, str(HERE), "--worker", "bare", "--seed", str(seed), "--steps", str(steps)],
-                       capture_output=True, text=True, env=_env())
-    if p.returncode:
-        raise SystemExit(f"bare loop failed: {p.stderr.strip().splitlines()[-3:]}")
-    bare = json.loads(p.stdout)
-    sets = ["epochs=1", f"task_args.env_steps_per_epoch={steps}", "task_args.val_episodes=0",
-            "task_args.stop_at_return=null", "task_args.test_episodes=1"]
-    d = run_dlcli(seed, sets)
-    return {"seed": seed, "env_steps": steps, "bare_us": bare["us_per_env_step"], "bare_updates": bare["updates"],
-            "dlcli_us": d["train_time_s"] / d["env_steps"] * 1e6, "dlcli_updates": d["updates"],
-            "load": [bare_load, load_average()]}
+    """The bare loop and dlcli's loop, one after the other in fresh processes, for the same budget."""
+    load0, out = load_average(), {}
+    for which in ("bare", "dlcli-loop"):
+        p = subprocess.run([sys.executable, str(HERE), "--worker", which, "--seed", str(seed), "--steps", str(steps)],
+                           capture_output=True, text=True, env=_env())
+        if p.returncode:
+            raise SystemExit(f"{which} failed: {p.stderr.strip().splitlines()[-3:]}")
+        out[which] = json.loads(p.stdout.strip().splitlines()[-1])
+    b, d = out["bare"], out["dlcli-loop"]
+    return {"seed": seed, "env_steps": steps, "bare_us": b["us_per_env_step"], "bare_cpu_us": b["cpu_us_per_env_step"],
+            "bare_updates": b["updates"], "dlcli_us": d["us_per_env_step"], "dlcli_cpu_us": d["cpu_us_per_env_step"],
+            "dlcli_updates": d["updates"], "load": [load0, load_average()]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--tools", nargs="+", default=["dlcli", "cleanrl", "sb3"], choices=("dlcli", "cleanrl", "sb3"))
+    p.add_argument("--tools", nargs="*", default=["dlcli", "cleanrl", "sb3"], choices=("dlcli", "cleanrl", "sb3"),
+                   help="contestants to race (none: only --bare)")
     p.add_argument("--cleanrl", help="path of cleanrl's cleanrl/dqn.py (a checkout of vwxyzjn/cleanrl)")
     p.add_argument("--baselines-python", default=sys.executable,
                    help="python of an environment with gymnasium 0.29.1, tyro, tensorboard, stable-baselines3")
@@ -302,16 +330,17 @@ def main() -> None:
     p.add_argument("--snapshot-every-sb3", type=int, default=2560, help="sb3: environment steps between snapshots")
     p.add_argument("--run-to-end", action="store_true", help="let cleanrl and sb3 finish after passing")
     p.add_argument("--bare", action="store_true", help="also time dlcli's loop against a bare loop")
-    p.add_argument("--bare-steps", type=int, default=16_000)
+    p.add_argument("--bare-steps", type=int, default=8_000)
     p.add_argument("--write", help="also write the markdown tables to this file")
     # workers
-    p.add_argument("--worker", choices=("cleanrl", "sb3", "bare"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("cleanrl", "sb3", "bare", "dlcli-loop"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--snapshots", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=16_000, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        {"cleanrl": worker_cleanrl, "sb3": worker_sb3, "bare": worker_bare}[args.worker](args)
+        {"cleanrl": worker_cleanrl, "sb3": worker_sb3, "bare": worker_bare,
+         "dlcli-loop": worker_dlcli_loop}[args.worker](args)
         return
 
     info = {**machine(), "load_start": load_average()}
@@ -368,8 +397,9 @@ def markdown(runs: list[dict[str, Any]], bare: list[dict[str, Any]], info: dict[
             lines.append(f"\nratio dlcli / {other} (medians): " + ", ".join(parts))
     for b in bare:
         lines.append(f"\nper environment step, {b['env_steps']} steps ({b['bare_updates']} / {b['dlcli_updates']} "
-                     f"updates): bare loop {b['bare_us']:.1f} µs, dlcli {b['dlcli_us']:.1f} µs "
-                     f"(ratio {b['dlcli_us'] / b['bare_us']:.2f}; load {b['load'][0]:.1f}-{b['load'][1]:.1f})")
+                     f"updates): bare loop {b['bare_cpu_us']:.0f} µs CPU ({b['bare_us']:.0f} wall), dlcli "
+                     f"{b['dlcli_cpu_us']:.0f} µs CPU ({b['dlcli_us']:.0f} wall); CPU ratio dlcli / bare "
+                     f"{b['dlcli_cpu_us'] / b['bare_cpu_us']:.2f}; load {b['load'][0]:.1f}-{b['load'][1]:.1f}")
     return "\n".join(lines) + "\n"
 
 

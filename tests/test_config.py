@@ -31,8 +31,10 @@ def test_every_builtin_recipe_validates() -> None:
     for name in names:
         r = load_recipe(name)
         assert r.name == name
-        # a recipe for the user's own image folder has no literature value to expect; every other one has
-        assert r.expect or (r.data is not None and r.data.source == "imagefolder"), f"{name}: no expected result"
+        # a recipe for the user's own image folder has no literature value to expect, nor has DCGAN on (Fashion-)
+        # MNIST (Radford et al. report none; its Fréchet LeNet distance is dlcli's own measure); every other one has
+        exempt = (r.data is not None and r.data.source == "imagefolder") or name.startswith("dcgan-")
+        assert r.expect or exempt, f"{name}: no expected result"
 
 
 def test_user_yaml_file_loads_with_defaults(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
-def resize_area(frame: np.ndarray, rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def resize_area(frame: np.ndarray, rows: tuple[np.ndarray, np.ndarray],
+                cols: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(H, W) uint8 -> (h, w) uint8 by the separable area taps of ``area_taps`` (rounded to nearest)."""
     (ri, rw), (ci, cw) = rows, cols
     x = frame.astype(np.float32)

@@ -99,7 +99,8 @@ class QPolicy:
         self.model.train(was)
         if self.epsilon > 0:
             explore = torch.rand(len(actions), generator=self.gen) < self.epsilon
-            actions = torch.where(explore, torch.randint(self.num_actions, (len(actions),), generator=self.gen), actions)
+            random_actions = torch.randint(self.num_actions, (len(actions),), generator=self.gen)
+            actions = torch.where(explore, random_actions, actions)
         return actions.numpy()
 
 
@@ -137,7 +138,8 @@ class DQNTask(Task):
         if self.runtime.distributed:
             raise ValueError("the dqn task runs in one process; start it without torchrun / --nproc-per-node")
         self.num_envs, self.env_steps_per_epoch, self.learning_starts = num_envs, env_steps_per_epoch, learning_starts
-        self.train_every, self.gradient_steps, self.target_update, self.tau = train_every, gradient_steps, target_update, tau
+        self.train_every, self.gradient_steps = train_every, gradient_steps
+        self.target_update, self.tau = target_update, tau
         self.gamma, self.loss_name, self.double_q, self.clip_rewards = gamma, loss, double_q, clip_rewards
         self.eps = (epsilon_start, epsilon_end, epsilon_steps)
         self.clip_grad_norm, self.log_every = clip_grad_norm, log_every
@@ -232,7 +234,8 @@ class DQNTask(Task):
             y = td_targets(b.rewards, b.terminated, next_q, self.gamma)
         with self.runtime.autocast():
             q = self.model(b.obs).float().gather(1, b.actions.unsqueeze(1)).squeeze(1)
-        per = F.smooth_l1_loss(q, y, reduction="none") if self.loss_name == "huber" else F.mse_loss(q, y, reduction="none")
+        loss_fn = F.smooth_l1_loss if self.loss_name == "huber" else F.mse_loss
+        per = loss_fn(q, y, reduction="none")
         loss = (per * b.weight).sum() / b.weight.sum().clamp_min(1.0)
         optimizer_step(loss, self.optimizer, self.scaler, clip_grad_norm=self.clip_grad_norm)
         if self.scheduler is not None and self.scheduler.per_step:
@@ -497,4 +500,5 @@ def plot_returns(results: list[tuple[float, int]], path: Path, title: str) -> Pa
     return path
 
 
-register_task("dqn", summary="deep Q-learning: ε-greedy, experience replay, a target network (Mnih 2013/2015)")(DQNTask)
+register_task("dqn", summary="deep Q-learning: ε-greedy, experience replay, a target network (Mnih 2013/2015)")(
+    DQNTask)
