@@ -31,7 +31,7 @@ from dlcli.tasks.dqn import DQNTask, epsilon_at, td_targets  # noqa: E402
 
 def tiny_recipe(**task_args) -> dict:
     """CartPole with budgets of a few hundred steps; everything that carries state across a resume is on."""
-    args = {"num_envs": 2, "env_steps_per_epoch": 200, "buffer_size": 1000, "learning_starts": 60, "train_every": 4,
+    args = {"num_envs": 2, "env_steps_per_epoch": 120, "buffer_size": 1000, "learning_starts": 60, "train_every": 4,
             "gradient_steps": 2, "target_update": 7, "epsilon_steps": 300, "val_episodes": 2, "test_episodes": 3,
             "log_every": 50}
     args.update(task_args)
