@@ -72,7 +72,7 @@ class ToyTask(Task):
         return {"score": self.scores[epoch], "lr": self.optimizer.param_groups[0]["lr"]}
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
-        return {"weight_sum": float(sum(p.sum() for p in self.raw.parameters())), "total_steps": self.total}
+        return {"weight_sum": float(sum(p.detach().sum() for p in self.raw.parameters())), "total_steps": self.total}
 
     def raw_model(self) -> torch.nn.Module:
         return self.raw
