@@ -12,7 +12,8 @@ line as it arrives (``python -u``: unbuffered) and stops the process once enough
 fresh process through its trainer, stamping ``on_step`` (synchronising the device at the two ends of the
 timed window). Images/s = batch x timed steps / time between the first and last timed step; warm-up steps
 (untimed) first. Each contestant runs ``--repeats`` times, alternating, and the table quotes medians.
-``--also-32`` adds dlcli at its recipe's own 32x32 (MNIST padded by 2), for information.
+``--also-32`` adds dlcli at its recipe's own 32x32 (MNIST padded by 2), for information;
+``--memory-format-ab`` adds dlcli without the recipe's ``channels_last`` (the recipe's claim that it is faster).
 
 Time to FLD (``--fld-epochs N``): ``dcgan-mnist`` as the recipe stands, with the Fréchet LeNet distance of
 10,000 samples to the validation images after every epoch (the feature network: ``--features RUN``, else a
@@ -41,6 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's dlcli, also when it is not installed
 
 LINE = re.compile(r"^\[(\d+)/(\d+)\]\[(\d+)/(\d+)\] Loss_D")
 
@@ -77,8 +81,9 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
             "start_s": stamps[0] - t0, "command": " ".join(cmd)}
 
 
-def run_dlcli(args: argparse.Namespace, image_size: int) -> dict[str, Any]:
-    """``dlcli train dcgan-mnist`` at ``image_size`` in this process, stamped at every step."""
+def run_dlcli(args: argparse.Namespace, image_size: int, channels_last: bool | None = None) -> dict[str, Any]:
+    """``dlcli train dcgan-mnist`` at ``image_size`` in this process, stamped at every step (``channels_last``
+    None: the recipe's setting)."""
     import torch
 
     from dlcli.config import apply_overrides, load_recipe
@@ -90,6 +95,8 @@ def run_dlcli(args: argparse.Namespace, image_size: int) -> dict[str, Any]:
                  "model.args.image_size": image_size, "task_args.fit": "pad" if image_size == 32 else "resize",
                  "data.args.train_size": total * args.batch_size, "task_args.eval_samples": 100,
                  "task_args.log_every": 10 ** 6, **dict(_parse_set(s) for s in args.set or [])}
+    if channels_last is not None:
+        overrides["channels_last"] = channels_last
     recipe = apply_overrides(load_recipe(args.recipe), overrides)
     stamps: dict[int, float] = {}
     dev = torch.device("cpu")
@@ -174,8 +181,9 @@ def _worker(args: argparse.Namespace) -> None:
         res = run_baseline(args)
     elif args.worker == "fld":
         res = run_time_to_fld(args)
-    else:
-        res = run_dlcli(args, int(args.worker.split("-")[1]))
+    else:  # dlcli-SIZE, or dlcli-SIZE-nchw: the default memory format instead of the recipe's channels_last
+        parts = args.worker.split("-")
+        res = run_dlcli(args, int(parts[1]), False if parts[-1] == "nchw" else None)
     sys.stdout.write(json.dumps(res, default=str) + "\n")
 
 
@@ -220,6 +228,8 @@ def main() -> None:
     p.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "inherit"))
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--also-32", action="store_true", help="also time dlcli at the recipe's own 32x32")
+    p.add_argument("--memory-format-ab", action="store_true",
+                   help="also time dlcli without the recipe's channels_last (contestants dlcli-SIZE-nchw)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override dlcli's recipe (repeatable)")
     p.add_argument("--fld-epochs", type=int, default=0, help="also train the recipe this many epochs for the "
                    "time to a Fréchet LeNet distance (0: skip)")
@@ -242,6 +252,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"baseline": [], f"dlcli-{args.image_size}": []}
         if args.also_32:
             runs["dlcli-32"] = []
+        if args.memory_format_ab:
+            runs[f"dlcli-{args.image_size}-nchw"] = []
+            if args.also_32:
+                runs["dlcli-32-nchw"] = []
         for i in range(args.repeats):
             order = list(runs) if i % 2 == 0 else list(reversed(runs))
             for which in order:

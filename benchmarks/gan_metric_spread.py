@@ -18,12 +18,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-KEYS = ("parzen_ll", "parzen_se", "parzen_sigma", "fld", "fld_floor", "classes_covered", "class_tv",
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's dlcli, also when it is not installed
+
+KEYS = ("parzen_ll", "parzen_se", "parzen_sigma", "parzen_ll_real", "fld", "fld_floor", "classes_covered", "class_tv",
         "mean_confidence")
 
 

@@ -108,7 +108,7 @@ class PenultimateFeatures(nn.Module):
         self._captured = args[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_features)
-        self.classifier(images_to_float(x))
+        self.logits = self.classifier(images_to_float(x)).detach().float()  # (B, K): kept for class coverage
         assert self._captured is not None
         feats, self._captured = self._captured.float().flatten(1), None
         return feats
@@ -127,21 +127,31 @@ def _fid_metric(features: nn.Module) -> Any:
 class FrechetFeatures:
     """Fréchet distance of image sets to one reference set, in the feature space of ``features``.
 
-    The reference features are accumulated once; ``distance(images)`` resets only the other side."""
+    The reference features are accumulated once; ``distance(images)`` resets only the other side. When the
+    feature network also leaves its logits (``PenultimateFeatures.logits``), they are kept from the same pass:
+    ``reference_logits`` and ``last_logits`` (class coverage without a second pass over the images)."""
 
     def __init__(self, features: nn.Module, reference: Iterable[torch.Tensor], device: torch.device | str = "cpu",
                  batch_size: int = 1000) -> None:
-        self.device, self.batch_size = torch.device(device), batch_size
+        self.device, self.batch_size, self.features = torch.device(device), batch_size, features
         self.metric = _fid_metric(features).to(self.device)
+        self.reference_logits = self._accumulate(reference, real=True)
+        self.last_logits: torch.Tensor | None = None
+
+    def _accumulate(self, images: Iterable[torch.Tensor] | torch.Tensor, real: bool) -> torch.Tensor | None:
+        logits = []
         with torch.no_grad():
-            for xb in _batches(reference, batch_size):
-                self.metric.update(xb.to(self.device), real=True)
+            for xb in _batches(images, self.batch_size):
+                self.metric.update(xb.to(self.device), real=real)
+                out = getattr(self.features, "logits", None)
+                if out is not None:
+                    logits.append(out.cpu())
+        return torch.cat(logits) if logits else None
 
     def distance(self, images: Iterable[torch.Tensor] | torch.Tensor) -> float:
         self.metric.reset()
+        self.last_logits = self._accumulate(images, real=False)
         with torch.no_grad():
-            for xb in _batches(images, self.batch_size):
-                self.metric.update(xb.to(self.device), real=False)
             return float(self.metric.compute())
 
 
@@ -237,13 +247,3 @@ def load_feature_network(path: str | Path, device: torch.device | str, image_sha
     source = recipe.data.source if recipe.data is not None else "?"
     return FeatureNetwork(clf.model, PenultimateFeatures(clf.model), clf.class_names, tuple(clf.input_shape),
                           ckpt["path"], recipe.name, source)
-
-
-@torch.no_grad()
-def classifier_logits(model: nn.Module, images: torch.Tensor, device: torch.device | str,
-                      batch_size: int = 1000) -> torch.Tensor:
-    """Logits (N, K), float32 on the CPU, of float or uint8 images (N, C, H, W)."""
-    model.eval()
-    out = [model(images_to_float(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)

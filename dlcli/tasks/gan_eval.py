@@ -30,7 +30,6 @@ from dlcli.genmetrics import (
     FeatureNetwork,
     FrechetFeatures,
     class_coverage,
-    classifier_logits,
     default_feature_run,
     load_feature_network,
     parzen,
@@ -202,12 +201,12 @@ def measure(samples: torch.Tensor, *, val: torch.Tensor, images: torch.Tensor, t
     t0 = time.perf_counter()
     fd = FrechetFeatures(features.features, images_to_float(images), device)
     metrics["fld"] = fd.distance(samples)
+    sample_logits = fd.last_logits  # the classifier's logits from the same pass
     if train is not None:
         floor = images_to_float(train[:len(samples)])  # as many real images as samples: the same estimation bias
         metrics["fld_floor"] = fd.distance(floor)
         metrics["fld_floor_images"] = len(floor)
-    cov = class_coverage(classifier_logits(features.model, samples, device), features.class_names,
-                         classifier_logits(features.model, images, device))
+    cov = class_coverage(sample_logits, features.class_names, fd.reference_logits)
     metrics.update({k: cov[k] for k in ("classes_covered", "class_min_fraction", "class_max_fraction", "class_tv",
                                         "mean_confidence", "reference_confidence")})
     metrics["features"] = features.describe()
