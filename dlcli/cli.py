@@ -221,6 +221,9 @@ def train_cmd(
     nproc_per_node: Annotated[Optional[int], typer.Option(
         "--nproc-per-node", help="Run N processes on this machine with torchrun (DDP: NCCL on GPUs, gloo on "
                                  "the CPU); the recipe's batch_size stays the global batch.")] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="Start from torchvision's ImageNet weights (model.args.pretrained=true; the "
+                             "imagefolder recipes), read from the torch hub cache, never downloaded.")] = False,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -235,9 +238,18 @@ def train_cmd(
     * `dlcli train --resume runs/lenet-20260101-120000`
     * `dlcli train --resume runs/lenet-20260101-120000 --epochs 8`   (3 more epochs, new schedule)
     * `dlcli train lenet --nproc-per-node 2`   (same as `torchrun --nproc-per-node 2 -m dlcli train lenet`)
+    * `dlcli train resnet50-imagefolder --pretrained --set data.args.path=~/data/pets`   (fine-tuning)
     """
-    r, resume_dir = _resolve_recipe(recipe, resume, epochs, batch_size, lr, device, seed, precision, compile,
-                                    channels_last, set_)
+    if pretrained:
+        set_ = [*(set_ or []), "model.args.pretrained=true"]
+    try:
+        r, resume_dir = _resolve_recipe(recipe, resume, epochs, batch_size, lr, device, seed, precision, compile,
+                                        channels_last, set_)
+    except DlcliError as e:
+        if pretrained and "'pretrained'" in str(e):
+            raise UsageError(f"--pretrained: {recipe}'s model has no pretrained weights in dlcli (torchvision's "
+                             "AlexNet and ResNet-50 do: alexnet-imagefolder, resnet50-imagefolder)") from e
+        raise
     if nproc_per_node is not None and nproc_per_node != 1:
         if nproc_per_node > 1 and r.batch_size % nproc_per_node:
             raise UsageError(f"batch_size {r.batch_size} is not divisible by the {nproc_per_node} processes; it is "

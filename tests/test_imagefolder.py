@@ -151,3 +151,16 @@ def test_pretrained_weights_are_loaded_then_the_head_is_replaced(monkeypatch, tm
     torch.save(alex_saved, tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth")
     alex = build_model("alexnet", pretrained=True, num_classes=5)
     assert alex.classifier[6].out_features == 5 and torch.equal(alex.features[0].weight, alex_saved["features.0.weight"])
+
+
+def test_train_pretrained_flag_reaches_the_model_or_says_which_recipes_have_weights(cli, folder, tmp_path,
+                                                                                  monkeypatch):
+    """``dlcli train RECIPE --pretrained``: the imagefolder recipes look for torchvision's file in the hub cache
+    (one line naming the file and the folder when it is missing); a model without weights is one usage line."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torchhome"))
+    res = cli("train", "alexnet-imagefolder", "--pretrained", "--set", f"data.args.path={folder}",
+              "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert res.code == 1 and "alexnet-owt-7be5be79.pth" in res.err and str(tmp_path / "torchhome") in res.err, res.err
+    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
+    res = cli("train", "lenet", "--pretrained", "--epochs", "1", "--out", str(tmp_path / "run2"))
+    assert res.code == 2 and "--pretrained: lenet's model has no pretrained weights" in res.err, res.err
