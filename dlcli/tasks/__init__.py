@@ -6,3 +6,4 @@ for _name in ("perceptron", "regress", "classify"):
     import_module(f"{__name__}.{_name}")
 import_module(f"{__name__}.gan")  # adversarial training
 import_module(f"{__name__}.dqn")  # deep Q-learning (reinforcement learning)
+import_module(f"{__name__}.neocognitron")  # Fukushima: competitive learning without labels, linear readout
