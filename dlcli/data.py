@@ -473,6 +473,8 @@ def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | No
     key = _listing_key([train_index, test_index]) if cache else ""
     path = cache_dir() / f"cifar10-{key}.pt"
     cached = _load_cache(path) if cache else None
+    if cached is None and (train_size is not None or test_size is not None):
+        return _cifar10_subset(train_index, test_index, seed, val_size, train_size, test_size, t0)
     if cached is not None:
         x, y, xt, yt = cached["train_x"], cached["train_y"], cached["test_x"], cached["test_y"]
         notes.append(f"CIFAR-10 read from the cache {path} in {time.perf_counter() - t0:.1f} s")
@@ -507,6 +509,48 @@ def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | No
     return DataBundle("images", train, val, Split(xt, yt), num_classes=len(train_index.classes),
                       class_names=list(train_index.classes), input_shape=(3, 32, 32), mean=CIFAR10_MEAN,
                       std=CIFAR10_STD, extra={"notes": notes})
+
+
+def _check_sizes(n_train: int, n_test: int, val_size: int, train_size: int | None, test_size: int | None) -> None:
+    if not 0 <= val_size < n_train:
+        raise DlcliError(f"data.args.val_size must be in [0, {n_train - 1}], got {val_size}")
+    if train_size is not None and not 1 <= train_size <= n_train - val_size:
+        raise DlcliError(f"data.args.train_size must be in [1, {n_train - val_size}] (or null for all), got {train_size}")
+    if test_size is not None and not 1 <= test_size <= n_test:
+        raise DlcliError(f"data.args.test_size must be in [1, {n_test}] (or null for all), got {test_size}")
+
+
+def _cifar10_subset(train_index: FolderIndex, test_index: FolderIndex, seed: int, val_size: int,
+                    train_size: int | None, test_size: int | None, t0: float) -> DataBundle:
+    """A quick run's CIFAR-10 without a cache: decode only the files its splits use. The same images, in the
+    same order, as the full decode followed by ``_val_split`` and the subsets (tested), not cached."""
+    _check_sizes(len(train_index), len(test_index), val_size, train_size, test_size)
+    perm = (torch.randperm(len(train_index), generator=torch.Generator().manual_seed(10_000 + seed)) if val_size
+            else torch.arange(len(train_index)))  # _val_split's order
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_size is not None:
+        train_idx = train_idx[:train_size]
+    test_idx = torch.arange(len(test_index))
+    if test_size is not None:
+        test_idx = torch.randperm(len(test_index), generator=torch.Generator().manual_seed(20_000 + seed))[:test_size]
+    splits = []
+    for index, idx in ((train_index, train_idx), (train_index, val_idx), (test_index, test_idx)):
+        files = [index.files[i] for i in idx.tolist()]
+        imgs, _, failures = decode_images(files)
+        if failures:
+            p, why = failures[0]
+            raise DlcliError(f"{len(failures)} image(s) of {index.root} cannot be decoded, e.g. {p} ({why}); "
+                             "replace them (a benchmark data set must be complete)")
+        if len(files) and imgs.shape[1:] != (3, 32, 32):
+            raise DlcliError(f"{index.root}: expected 32x32 colour images, found {tuple(imgs.shape[1:])}")
+        splits.append(Split(imgs, torch.tensor(index.labels)[idx]))
+    train, val, test = splits
+    n = len(train) + len(val) + len(test)
+    note = (f"CIFAR-10: decoded only the {n:,} files this run uses (train_size / test_size set, no cache) in "
+            f"{time.perf_counter() - t0:.1f} s")
+    return DataBundle("images", train, val if val_size else None, test, num_classes=len(train_index.classes),
+                      class_names=list(train_index.classes), input_shape=(3, 32, 32), mean=CIFAR10_MEAN,
+                      std=CIFAR10_STD, extra={"notes": [note]})
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalisation for its ImageNet models
