@@ -222,8 +222,29 @@ def _val_split(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int) -> tu
     return Split(x[train], y[train]), Split(x[val], y[val])
 
 
+def class_balanced(y: torch.Tensor, labels: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Positions in ``y`` of a seeded class-balanced subset of ``labels`` examples: ``labels // num_classes``
+    of each class, one more for the first ``labels % num_classes`` classes; sorted."""
+    counts = torch.bincount(y, minlength=num_classes)
+    if not num_classes <= labels <= len(y):
+        raise DlcliError(f"data.args.labels must be in [{num_classes}, {len(y)}] (a class-balanced labelled subset "
+                         f"of the {len(y)} training images; null for all), got {labels}")
+    quota = [labels // num_classes + (1 if c < labels % num_classes else 0) for c in range(num_classes)]
+    short = [c for c in range(num_classes) if quota[c] > counts[c]]
+    if short:
+        top = num_classes * int(counts.min())
+        raise DlcliError(f"data.args.labels {labels} cannot be class-balanced: class {short[0]} has only "
+                         f"{int(counts[short[0]])} training images; at most {top}, or null for all labels")
+    g = torch.Generator().manual_seed(30_000 + seed)
+    picked = []
+    for c in range(num_classes):
+        where = (y == c).nonzero().flatten()
+        picked.append(where[torch.randperm(len(where), generator=g)[:quota[c]]])
+    return torch.cat(picked).sort().values
+
+
 def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, in_memory: bool,
-                mean: float, std: float, train_size: int | None = None) -> DataBundle:
+                mean: float, std: float, train_size: int | None = None, labels: int | None = None) -> DataBundle:
     train_ds = _torchvision_dataset(source, folder, root, train=True)
     test_ds = _torchvision_dataset(source, folder, root, train=False)
     # torchvision keeps IDX data as uint8 tensors (N, 28, 28): use them directly, no PIL round trip.
@@ -236,9 +257,20 @@ def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, 
     if train_size is not None:  # a random subset (the split is already a seeded permutation): for quick runs
         train = Split(train.x[:train_size], train.y[:train_size])
     test = Split(test_ds.data.unsqueeze(1).contiguous(), test_ds.targets.long())
+    extra: dict[str, Any] = {}
+    if labels is not None:  # a label budget: the rest of the training images stay, unlabelled (y = -1)
+        if not in_memory:
+            raise DlcliError("data.args.labels needs in_memory: true")
+        pos = class_balanced(train.y, labels, len(train_ds.classes), seed)
+        rest = torch.ones(len(train), dtype=torch.bool)
+        rest[pos] = False
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))  # as _val_split's
+        extra = {"unlabelled": Split(train.x[rest], torch.full((int(rest.sum()),), -1)),
+                 "labelled_index": perm[val_size:][pos], "val_index": perm[:val_size]}  # into the 60k images
+        train = Split(train.x[pos], train.y[pos])
     bundle = DataBundle("images", train, val, test, num_classes=len(train_ds.classes),
                         class_names=[c.split(" - ")[-1] for c in train_ds.classes], input_shape=(1, 28, 28),
-                        mean=(mean,), std=(std,))
+                        mean=(mean,), std=(std,), extra=extra)
     if not in_memory:
         from torchvision import transforms
 
@@ -255,9 +287,12 @@ def _train_indices(n: int, val_size: int, seed: int) -> list[int]:
 
 @register_dataset("mnist", summary="real: MNIST digits, 60k train + 10k test, 28x28 grey")
 def mnist(root: Path, seed: int, *, val_size: int = 5000, in_memory: bool = True,
-          mean: float = 0.1307, std: float = 0.3081, train_size: int | None = None) -> DataBundle:
-    """``train_size`` keeps that many of the remaining training images (null: all of them)."""
-    return _idx_images("MNIST", "MNIST", root, seed, val_size, in_memory, mean, std, train_size)
+          mean: float = 0.1307, std: float = 0.3081, train_size: int | None = None,
+          labels: int | None = None) -> DataBundle:
+    """``train_size`` keeps that many of the remaining training images (null: all of them). ``labels`` keeps
+    the labels of a seeded class-balanced subset of them (the training split); the others stay available,
+    unlabelled, as ``extra["unlabelled"]`` (for pretraining); validation is never among either."""
+    return _idx_images("MNIST", "MNIST", root, seed, val_size, in_memory, mean, std, train_size, labels)
 
 
 @register_dataset("fashion-mnist", summary="real: Fashion-MNIST clothing, 60k + 10k, 28x28 grey")

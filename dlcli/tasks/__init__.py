@@ -7,3 +7,5 @@ for _name in ("perceptron", "regress", "classify"):
 import_module(f"{__name__}.gan")  # adversarial training
 import_module(f"{__name__}.dqn")  # deep Q-learning (reinforcement learning)
 import_module(f"{__name__}.neocognitron")  # Fukushima: competitive learning without labels, linear readout
+import_module(f"{__name__}.autoencode")  # the lecture's autoencoder; layer-wise pretraining (SdA, DBN)
+import_module(f"{__name__}.pretrain")
