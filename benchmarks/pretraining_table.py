@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a finished all-labels run with pretraining of RECIPE (same seed) to reuse")
     ap.add_argument("--out", default="runs/pretraining-table", help="folder for the runs and results.json")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe override for every run (e.g. model.args.layers=[500,500,500])")
     args = ap.parse_args(argv)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         full_on = Path(reuse.get(recipe, root / f"{recipe}-all-on-s{args.seed}"))
         for labels in ["all", *args.labels]:
             for pretrain in (True, False):
-                sets: dict[str, Any] = {"task_args.pretrain": str(pretrain).lower()}
+                sets: dict[str, Any] = {**dict(kv.split("=", 1) for kv in args.set),
+                                        "task_args.pretrain": str(pretrain).lower()}
                 out = full_on if labels == "all" and pretrain else \
                     root / f"{recipe}-{labels}-{'on' if pretrain else 'off'}-s{args.seed}"
                 if labels != "all":
