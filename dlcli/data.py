@@ -531,10 +531,7 @@ def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | No
             notes.append(failed or f"cached as {path}")
     if x.shape[1:] != (3, 32, 32):
         raise DlcliError(f"{base}: expected 32x32 colour images, found {tuple(x.shape[1:])}")
-    if train_size is not None and not 1 <= train_size <= len(x) - val_size:
-        raise DlcliError(f"data.args.train_size must be in [1, {len(x) - val_size}] (or null for all), got {train_size}")
-    if test_size is not None and not 1 <= test_size <= len(xt):
-        raise DlcliError(f"data.args.test_size must be in [1, {len(xt)}] (or null for all), got {test_size}")
+    _check_sizes(len(x), len(xt), val_size, train_size, test_size)
     train, val = _val_split(x, y, val_size, seed)
     if train_size is not None:  # a random subset (the split is already a seeded permutation)
         train = Split(train.x[:train_size], train.y[:train_size])
