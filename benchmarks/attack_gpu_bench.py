@@ -60,6 +60,12 @@ def measure(fn: Callable[[], Any], runtime: Runtime) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def split_mode(spec: str) -> tuple[str, int | None]:
+    """'box' -> ('box', None: the attack's default rounds), 'box:0' -> ('box', 0)."""
+    mode, _, rounds = spec.partition(":")
+    return mode, int(rounds) if rounds else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a classify run folder or checkpoint (e.g. runs/lenet-modern-...)")
@@ -68,7 +74,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024, help="dlcli: images attacked at once")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--norm", default="2", choices=["2", "inf"])
-    ap.add_argument("--modes", default="box,none", help="comma-separated clip modes (box, none, step)")
+    ap.add_argument("--modes", default="box,box:0,none",
+                    help="comma-separated clip modes (box, none, step), each optionally with :N refinement rounds "
+                         "(box:0 is DeepFool's own iterate; box alone is the default, 1 round)")
     ap.add_argument("--grads", default="loop,batched", help="comma-separated gradient strategies")
     ap.add_argument("--ta-n", type=int, default=100, help="images for torchattacks (0: skip it); it attacks "
                                                          "one image at a time, so its images/s do not depend on N")
@@ -90,12 +98,14 @@ def main() -> None:
                for grad in args.grads.split(",") if grad.strip()]
 
     def attack(clip: str, grad: str) -> Any:
-        return deepfool(model, x, y, norm=args.norm, clip=clip, grad=grad, batch_size=args.batch_size)
+        mode, refine = split_mode(clip)
+        return deepfool(model, x, y, norm=args.norm, clip=mode, grad=grad, batch_size=args.batch_size, refine=refine)
 
     # Rounds interleave the configurations, so that a machine whose load drifts slows all of them alike.
     for clip, grad in configs:  # warm-up on one batch: CUDA context, kernels, allocator
-        deepfool(model, x[: args.batch_size], y[: args.batch_size], norm=args.norm, clip=clip, grad=grad,
-                 batch_size=args.batch_size)
+        mode, refine = split_mode(clip)
+        deepfool(model, x[: args.batch_size], y[: args.batch_size], norm=args.norm, clip=mode, grad=grad,
+                 batch_size=args.batch_size, refine=refine)
     times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     results: dict[tuple[str, str], Any] = {}
     for r in range(args.repeats):
@@ -107,11 +117,13 @@ def main() -> None:
     for clip, grad in configs:
         res, s = results[clip, grad], statistics.median(times[clip, grad])
         att = res.attacked
-        row = {"method": f"dlcli --clip {clip} --grad {grad}", "clip": clip, "grad": grad, "images": n,
+        mode, refine = split_mode(clip)
+        row = {"method": f"dlcli --clip {mode} --refine {res.refine} --grad {grad}", "clip": mode, "refine": res.refine,
+               "grad": grad, "images": n,
                "median_s": s, "times_s": times[clip, grad], "images_per_s": n / s, "ms_per_image": 1000 * s / n,
                "mean_iterations": float(res.iterations[att].double().mean()),
                **valid_stats(model, x, res.adversarial.to(device), y)}
-        if clip == "none":
+        if mode == "none":
             row["rho_adv_paper_protocol"] = float(res.rho[att].double().mean())
         rows.append(row)
 

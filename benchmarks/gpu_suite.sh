@@ -315,8 +315,9 @@ run_mnist() {
 }
 
 # DeepFool images/s on a run trained here, when the attacks' GPU benchmark exists (it is someone else's file).
-run_attack() {
+run_attack() {  # RUNS_FROM=DIR: attack DIR/RECIPE (a run brought along) instead of training one here
   local recipe="$1" kind="$2" run="$WORK/$1-run"
+  [ -n "${RUNS_FROM:-}" ] && [ -f "$RUNS_FROM/$recipe/best.pt" ] && run="$RUNS_FROM/$recipe"
   if [ ! -f "$run/best.pt" ]; then
     local extra=()
     [ "$DRY" = 1 ] && extra=(--epochs 1 --set data.args.train_size=256)
@@ -328,8 +329,10 @@ run_attack() {
   [ "$DRY" = 1 ] && n=(--n 8)
   [ "$DRY" = 1 ] && [ "$kind" = cifar ] && data=(--data-dir "$WORK/data")
   if [ -f benchmarks/attack_gpu_bench.py ]; then  # the attacks' own GPU benchmark: box/paper x loop/batched
-    local bench=(--n 10000 --repeats 3)
-    [ "$kind" = cifar ] && bench=(--n 2000 --repeats 2)
+    # batched gradients only (3.1x the per-candidate loop on an H200, first session); torchattacks on 40 images
+    # (4 images/s on an H200): the step fits its 90 s (3 repeats of 6 configurations + 200 images did not fit 60 s)
+    local bench=(--n 10000 --repeats 2 --grads batched --ta-n 40)
+    [ "$kind" = cifar ] && bench=(--n 2000 --repeats 2 --grads batched --ta-n 20)
     [ "$DRY" = 1 ] && bench=(--n 8 --repeats 1 --ta-n 0)
     step "deepfool_$kind" 90 "$PY" benchmarks/attack_gpu_bench.py "$run" --device "$DEV" "${bench[@]}" "${data[@]}" \
       --json-out "$WORK/logs/deepfool_$kind.out.json"
@@ -388,17 +391,24 @@ run_precision() {
 # they measure, their times are not solo figures. Measured on an H200 (2026-11-26): with all six lanes, each
 # CIFAR lane ran 2.6x slower than alone (resnet20: 9 s/epoch against 3.5), so the GPU did about 2.3x the work
 # of one process, but no 60-epoch recipe finished in a 280 s lane. Choose fewer lanes with LANES (a space-
-# separated subset of: cifar_a cifar_b cifar_c cifar_d rl gan; default all) and a longer LANE_BUDGET. Solo, before the lanes:
+# separated subset of: cifar_a cifar_a32 cifar_b cifar_c cifar_d rl gan; default all but cifar_a32) and a longer LANE_BUDGET. Solo, before the lanes:
 # resnet18-cifar10's time to 94% (its whole 60-epoch recipe, bf16). Solo, after them: DCGAN against
 # pytorch/examples (when EXAMPLES_DCGAN names its main.py) and dlcli vs a bare loop for resnet18-cifar10.
 #   lane cifar_a:  alexnet-cifar10's whole recipe (bf16), then again in fp32 (same seed, same epochs)
+#   lane cifar_a32: that fp32 twin in a lane of its own (then cifar_a runs only the bf16 recipe)
 #   lane cifar_b:  resnet20-cifar10's whole recipe (bf16), then DeepFool on it
 #   lane cifar_c:  resnet18-cifar10 in fp32 (the bf16 twin is the solo run)
 #   lane cifar_d:  resnet20-cifar10 in fp32 (its per-epoch curve beside the bf16 one, as far as it gets)
 #   lane rl:       dqn-pong for a fixed budget of DQN_STEPS (120,000) environment steps: steps/s and the score
 #   lane gan:      gan-mnist for GAN_SECONDS (Ctrl-C then), then `dlcli eval` (Parzen, Fréchet LeNet distance
 #                  with the LeNet of FEATURES, class coverage)
-# Each lane has its own budget (LANE_BUDGET seconds, default 300). The runs' small files come back in
+# Each lane has its own budget (LANE_BUDGET seconds, default 300), every step of a lane up to all of it; the
+# solo steps after the lanes have TAIL_BUDGET (default a third of LANE_BUDGET).
+# SOLO=0 skips the solo resnet18 run; DQN_LEARNING_STARTS moves the rl lane's switch from acting to learning
+# (default: the recipe's 80,000); TAIL (default "dcgan throughput") picks the solo steps after the lanes from:
+# dcgan, throughput, deepfool (DeepFool images/s on lenet-modern: box with and without refinement, the paper's
+# iteration, torchattacks; RUNS_FROM=DIR takes DIR/lenet-modern instead of training it), resnet50_compile (`dlcli bench resnet50` bf16, channels-last, --compile).
+# The runs' small files come back in
 # OUT/runs.tar.gz (checkpoints under 8 MB, summaries, metric logs) for attacks and evaluation elsewhere,
 # and the long GAN run's samples in OUT/gan-mnist-samples.png.
 run_lanes() {
@@ -422,37 +432,44 @@ run_lanes() {
     echo "$PY" benchmarks/cifar_time_to_accuracy.py --device "$DEV" --json --progress "$WORK/progress-$lane.jsonl" \
       "${data_args[@]}" "${sets[@]}" "$@"
   }
-  local solo_budget=$(( lane_budget / 2 )) tail_budget=$(( lane_budget / 3 ))
+  local solo_budget=$(( lane_budget / 2 )) tail_budget="${TAIL_BUDGET:-$(( lane_budget / 3 ))}"
   [ "$DRY" = 1 ] && lane_budget=$BUDGET solo_budget=$BUDGET tail_budget=$BUDGET  # dry: no budgets
   PART_T0=$(date +%s)
   BUDGET=$solo_budget
   # shellcheck disable=SC2046
-  step cifar_resnet18_tta94 "$BUDGET" $(tta solo --recipe resnet18-cifar10 --target 0.94 --out "$WORK/resnet18-cifar10-run")
+  [ "${SOLO:-1}" = 1 ] && step cifar_resnet18_tta94 "$BUDGET" \
+    $(tta solo --recipe resnet18-cifar10 --target 0.94 --out "$WORK/resnet18-cifar10-run")
+  [ "$DRY" != 1 ] && [ -n "${DQN_LEARNING_STARTS:-}" ] && dqn_args+=(--learning-starts "$DQN_LEARNING_STARTS")
 
   export OMP_NUM_THREADS=2  # several processes on 16 cores; the GPU does the arithmetic
   local pids=() lanes=" ${LANES:-cifar_a cifar_b cifar_c cifar_d rl gan} "
   want() { [[ "$lanes" == *" $1 "* ]]; }
   want cifar_a && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
-    step lane_cifar_a_alexnet_verify 280 $(tta a --recipe alexnet-cifar10 --target 0.86 --out "$WORK/alexnet-cifar10-run")
-    step lane_cifar_a_alexnet_fp32 280 $(tta a32 --recipe alexnet-cifar10 --target 0.86 --set precision=fp32)
+    step lane_cifar_a_alexnet_verify "$lane_budget" $(tta a --recipe alexnet-cifar10 --target 0.86 --out "$WORK/alexnet-cifar10-run")
+    want cifar_a32 || step lane_cifar_a_alexnet_fp32 "$lane_budget" \
+      $(tta a32 --recipe alexnet-cifar10 --target 0.86 --set precision=fp32)
+  ) & pids+=($!)
+  want cifar_a32 && (  # the fp32 twin in a lane of its own, beside the bf16 run rather than after it
+    PART_T0=$(date +%s); BUDGET=$lane_budget
+    step lane_cifar_a_alexnet_fp32 "$lane_budget" $(tta a32 --recipe alexnet-cifar10 --target 0.86 --set precision=fp32)
   ) & pids+=($!)
   want cifar_b && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
-    step lane_cifar_b_resnet20_verify 280 $(tta b --recipe resnet20-cifar10 --target 0.9125 --out "$WORK/resnet20-cifar10-run")
+    step lane_cifar_b_resnet20_verify "$lane_budget" $(tta b --recipe resnet20-cifar10 --target 0.9125 --out "$WORK/resnet20-cifar10-run")
     run_attack resnet20-cifar10 cifar
   ) & pids+=($!)
   want cifar_c && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
-    step lane_cifar_c_resnet18_fp32 280 $(tta c --recipe resnet18-cifar10 --target 0.94 --set precision=fp32)
+    step lane_cifar_c_resnet18_fp32 "$lane_budget" $(tta c --recipe resnet18-cifar10 --target 0.94 --set precision=fp32)
   ) & pids+=($!)
   want cifar_d && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
-    step lane_cifar_d_resnet20_fp32 280 $(tta d --recipe resnet20-cifar10 --target 0.9125 --set precision=fp32)
+    step lane_cifar_d_resnet20_fp32 "$lane_budget" $(tta d --recipe resnet20-cifar10 --target 0.9125 --set precision=fp32)
   ) & pids+=($!)
   want rl && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
-    step lane_rl_dqn_pong 280 "$PY" benchmarks/dqn_atari_speed.py --device "$DEV" --steps "$dqn_steps" \
+    step lane_rl_dqn_pong "$lane_budget" "$PY" benchmarks/dqn_atari_speed.py --device "$DEV" --steps "$dqn_steps" \
       "${dqn_args[@]}" --json
   ) & pids+=($!)
   want gan && (
@@ -468,12 +485,16 @@ run_lanes() {
   [ "${#pids[@]}" -gt 0 ] && wait "${pids[@]}"
 
   PART_T0=$(date +%s); BUDGET=$tail_budget
-  if [ -n "${EXAMPLES_DCGAN:-}" ] && [ -f "${EXAMPLES_DCGAN}" ]; then
+  local tail=" ${TAIL:-dcgan throughput} "
+  if [[ "$tail" == *" dcgan "* ]] && [ -n "${EXAMPLES_DCGAN:-}" ] && [ -f "${EXAMPLES_DCGAN}" ]; then
     step dcgan_vs_examples 75 "$PY" benchmarks/gan_dcgan_vs_examples.py --examples-main "$EXAMPLES_DCGAN" \
       --device "$DEV" --data-dir "${DLCLI_DATA:-.}" "${dcgan[@]}" --json-out "$WORK/logs/dcgan_vs_examples.out.json"
   fi
-  step throughput_resnet18_solo 40 "$PY" benchmarks/cifar_throughput.py --recipe resnet18-cifar10 --device "$DEV" \
-    --json "${data_args[@]}" "${thr[@]}"
+  [[ "$tail" == *" throughput "* ]] && step throughput_resnet18_solo 40 "$PY" benchmarks/cifar_throughput.py \
+    --recipe resnet18-cifar10 --device "$DEV" --json "${data_args[@]}" "${thr[@]}"
+  [[ "$tail" == *" deepfool "* ]] && run_attack lenet-modern mnist
+  [[ "$tail" == *" resnet50_compile "* ]] && [ "$DRY" != 1 ] && step bench_resnet50_bf16_cl_compile 150 "$PY" -m dlcli \
+    bench resnet50 --device cuda --mode train --precision bf16 --channels-last --compile --batch-size 256 --json
   # The runs' small files, for evaluation and attacks on another machine
   (cd "$WORK" && find . -maxdepth 2 \( -name summary.json -o -name metrics.jsonl -o -name config.yaml \
      -o \( -name best.pt -size -8M \) \) -path './*-run/*' -print0 | tar czf "$OUT_DIR/runs.tar.gz" --null -T -)

@@ -50,6 +50,11 @@ FgsmClipOpt = Annotated[str, typer.Option(
 GradOpt = Annotated[str, typer.Option(
     "--grad", help="auto | loop | batched: one backward pass per candidate class (loop) or all candidates in one "
                    "batched vector-Jacobian product (batched); auto picks the faster one measured for the device.")]
+RefineOpt = Annotated[Optional[int], typer.Option(
+    "--refine", help="Rounds of boundary projection after DeepFool (after SuperDeepFool, 2023): each shrinks the "
+                     "valid adversarial towards the closest point of the decision boundary, inside [0, 1]. "
+                     "Default: 1 with --clip box, 0 otherwise (--clip none keeps the paper's iteration).",
+    show_default=False)]
 PaperOpt = Annotated[bool, typer.Option(
     "--paper-rho/--no-paper-rho", help="Also run the paper's unconstrained iteration on the same images and "
                                        "print its ρ beside the written images' (the paper's protocol).")]
@@ -158,6 +163,7 @@ def deepfool_cmd(
     batch_size: BatchOpt = 256,
     clip: ClipOpt = "box",
     grad: GradOpt = "auto",
+    refine: RefineOpt = None,
     paper_rho: PaperOpt = True,
     images: Annotated[Optional[str], typer.Option(
         "--images", help="Attack your own image files in this folder instead of the data set (resized to the "
@@ -198,8 +204,13 @@ def deepfool_cmd(
         raise UsageError(f"--candidates {candidates}: expected at least 2 (the predicted class and one other)")
     clip = _choice("--clip", clip, CLIP_MODES)
     grad = _choice("--grad", grad, GRAD_MODES)
+    if refine is not None and refine < 0:
+        raise UsageError(f"--refine {refine}: expected a number of rounds, 0 or more")
+    if refine and clip == "none":
+        raise UsageError("--refine works on valid adversarial images; --clip none keeps the paper's iteration "
+                         "(use --clip box or step)")
     settings = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
-                    clip=clip, grad=grad)
+                    clip=clip, grad=grad, refine=refine)
     if images is not None:
         if compare_fgsm:
             raise UsageError("--compare-fgsm needs labelled images; it cannot be combined with --images")

@@ -26,6 +26,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 #: the one place that names precisions; "auto" = bf16 where the hardware runs it natively, else fp32
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+#: ``compile``'s torch.compile modes (``true`` = torch's default mode); reduce-overhead and max-autotune add CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: keys that older dlcli versions wrote into checkpoints and that are ignored when such a recipe is read back
 LEGACY_KEYS = ("loss",)
 
@@ -56,6 +58,9 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / adamw
+    # sgd / adam / adamw: true = one fused kernel per step, false = torch's default (multi-tensor on CUDA, a
+    # loop over the parameters on the CPU), auto = fused on CUDA, torch's default elsewhere
+    fused: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Recipe:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False  # true (torch.compile's default mode) or one of COMPILE_MODES
     channels_last: bool = False
     sync_batchnorm: bool = False  # BatchNorm statistics over all processes under torchrun
     expect: dict[str, str] = field(default_factory=dict)  # metric -> "OP NUMBER", e.g. ">= 0.99"
@@ -222,6 +227,10 @@ def _check_values(r: Recipe, source: str, check_builders: bool = True) -> None:
         fail("optim.momentum", "a number in [0, 1)", r.optim.momentum)
     if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
         fail("optim.betas", "two numbers in [0, 1)", r.optim.betas)
+    if not (isinstance(r.optim.fused, bool) or r.optim.fused == "auto"):
+        fail("optim.fused", "auto, true or false", r.optim.fused)
+    if r.optim.fused is True and r.optim.name not in ("sgd", "adam", "adamw"):
+        fail("optim.fused", f"auto or false ({r.optim.name} has no fused implementation)", r.optim.fused)
     if r.schedule.name not in SCHEDULES:
         fail("schedule.name", "one of " + ", ".join(SCHEDULES), r.schedule.name)
     if r.schedule.step_size < 1:
@@ -234,6 +243,8 @@ def _check_values(r: Recipe, source: str, check_builders: bool = True) -> None:
         fail("schedule.warmup_epochs", "a number >= 0", r.schedule.warmup_epochs)
     if r.precision not in PRECISIONS:
         fail("precision", "one of " + ", ".join(PRECISIONS), r.precision)
+    if isinstance(r.compile, str) and r.compile not in COMPILE_MODES:
+        fail("compile", "true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES), r.compile)
     for metric, text in r.expect.items():
         if not isinstance(text, str):
             fail(f"expect.{metric}", 'a string such as ">= 0.99"', text)

@@ -4,6 +4,8 @@
 never a silent fallback. Precision is validated against the device: fp16 autocast needs CUDA (GradScaler
 is used only for fp16), bf16 runs on CUDA devices that support it and on the CPU, tf32 only changes CUDA
 matmul/cuDNN settings, and ``auto`` picks bf16 where the hardware runs it natively, fp32 elsewhere.
+``compile`` is off, on (torch.compile's default mode) or a mode name: ``reduce-overhead`` also records CUDA
+graphs, which replay a step's many small kernel launches as one (on CUDA; elsewhere it compiles without them).
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the runtime joins the process group (NCCL on
 CUDA, gloo on the CPU), takes ``cuda:LOCAL_RANK`` as its device, and ``prepare`` wraps the model in
@@ -143,7 +145,7 @@ class Runtime:
 
     device: torch.device
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False  # True (torch.compile's default mode) or a mode name (config.COMPILE_MODES)
     channels_last: bool = False
     seed: int = 0
     notes: list[str] = field(default_factory=list)  # stated fallbacks, shown in the run header
@@ -167,7 +169,7 @@ class Runtime:
         cls,
         device: str | None = "auto",
         precision: str = "fp32",
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
         seed: int = 0,
         sync_batchnorm: bool = False,
@@ -199,6 +201,8 @@ class Runtime:
                 raise UsageError(f"--compile on the CPU needs a C++ compiler ({cxx} not found; set CXX or install "
                                  "g++), or drop --compile")
             rt.notes.append("--compile: the first steps compile the model, which can take minutes on a CPU")
+        if rt.cuda_graphs and dev.type != "cuda":
+            rt.notes.append(f"compile {compile}: CUDA graphs need a CUDA device; compiled without them")
         if resolved == "bf16" and dev.type == "cpu" and not _cpu_has_bf16():
             rt.notes.append("bf16 on a CPU without native bfloat16 instructions (AVX512-BF16/AMX) is emulated "
                             "and usually slower than fp32")
@@ -220,15 +224,28 @@ class Runtime:
                           getattr(cfg, "sync_batchnorm", False))
 
     @property
+    def cuda_graphs(self) -> bool:
+        """The compile mode records CUDA graphs (reduce-overhead, max-autotune): replayed launches, outputs in
+        memory that the next replay overwrites."""
+        return self.compile in ("reduce-overhead", "max-autotune")
+
+    def mark_step(self) -> None:
+        """A new training iteration begins: under CUDA graphs the tensors of the previous one may be reused
+        (loops that call compiled modules several times per step, as a GAN does, call this first)."""
+        if self.cuda_graphs and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+
+    @property
     def amp_dtype(self) -> torch.dtype | None:
         return _DTYPES.get(self.precision)
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Autocast for bf16/fp16, a no-op context otherwise."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """Autocast for bf16/fp16, a no-op context otherwise. ``cache=False``: no reuse of the low-precision
+        copies of the weights within the block (what CUDA-graph capture needs)."""
         dtype = self.amp_dtype
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=cache)
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """A GradScaler for fp16 only (bf16 has fp32's range and needs none)."""
@@ -236,13 +253,13 @@ class Runtime:
             return torch.amp.GradScaler(self.device.type)
         return None
 
-    def prepare(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """Move the model to the device (and memory format), wrap it in DDP under torchrun and compile it on
-        request; returns (model to run, raw model to save and evaluate)."""
+    def prepare(self, model: nn.Module, *, channels_last: bool | None = None) -> tuple[nn.Module, nn.Module]:
+        """Move the model to the device (and memory format: ``channels_last``, else the runtime's), wrap it in
+        DDP under torchrun and compile it on request; returns (model to run, raw model to save and evaluate)."""
         if self.distributed and self.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
-        if self.channels_last:
+        if self.channels_last if channels_last is None else channels_last:
             model = model.to(memory_format=torch.channels_last)
         raw = model
         if self.distributed and any(p.requires_grad for p in model.parameters()):
@@ -251,7 +268,7 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         if self.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=self.compile if isinstance(self.compile, str) else None)
         return model, raw
 
     # --- processes (torchrun) -------------------------------------------------------------------------
@@ -356,23 +373,25 @@ def _dist_env() -> tuple[int, int, int]:
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler | None = None, *, clip_grad_norm: float | None = None,
-                   parameters: Any = None) -> torch.Tensor | None:
+                   parameters: Any = None, inputs: list[torch.Tensor] | None = None) -> torch.Tensor | None:
     """One update: zero the gradients, backward (through the GradScaler for fp16), optionally clip the global
     gradient norm (after unscaling), step, update the scaler. Returns the norm before clipping, if clipped.
+    ``inputs``: the only leaves whose gradients are computed and accumulated (``backward(inputs=...)``), e.g.
+    a generator's parameters when its loss runs through a discriminator whose own gradients are not wanted.
 
     Every gradient-trained loop (tasks and ``dlcli bench``) calls this, so mixed precision and clipping are
     done one way everywhere."""
     optimizer.zero_grad(set_to_none=True)
     norm = None
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(loss).backward(inputs=inputs)
         if clip_grad_norm is not None:
             scaler.unscale_(optimizer)
             norm = _clip(optimizer, clip_grad_norm, parameters)
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        loss.backward(inputs=inputs)
         if clip_grad_norm is not None:
             norm = _clip(optimizer, clip_grad_norm, parameters)
         optimizer.step()

@@ -66,9 +66,12 @@ def test_deepfool_reports_the_papers_numbers_and_writes_its_files(cli, lenet_run
     assert 0 <= r["adversarial_min"] and r["adversarial_max"] <= 1
     assert 0 < r["rho_adv"] < 1
     pp = r["paper_protocol"]  # the unconstrained iteration on the same images, run apart
-    assert not pp["same_run"] and pp["fooling_rate"] == 1.0 and 0 < pp["rho_adv"] < r["rho_adv"]
+    assert not pp["same_run"] and pp["fooling_rate"] == 1.0 and 0 < pp["rho_adv"] < 1
+    assert r["settings"]["refine"] == 1  # box mode refines by default (its ρ can fall below the paper protocol's)
     assert r["paper"]["row"] == "LeNet on MNIST, DeepFool paper Table 1"
-    assert 1 <= r["mean_iterations"] <= 50 and r["mean_grad_evals"] == pytest.approx(9 * r["mean_iterations"])
+    assert 1 <= r["mean_iterations"] <= 50
+    # 9 candidates per DeepFool step, then one product for the projection and at most 5 to cross back
+    assert 9 * r["mean_iterations"] + 1 <= r["mean_grad_evals"] + 1e-9 <= 9 * r["mean_iterations"] + 6
     assert r["images_per_s"] > 0 and r["ms_per_image"] == pytest.approx(1000 / r["images_per_s"])
     pct = r["r_norm_percentiles"]
     assert pct["p5"] <= pct["p50"] <= pct["p95"] <= pct["max"]

@@ -151,7 +151,7 @@ def test_box_mode_is_the_papers_iteration_when_no_pixel_meets_a_bound(norm):
     final = x + free.perturbation
     assert ((final > 0.05) & (final < 0.95)).all()  # the unconstrained iteration stays far from both bounds
     assert free.iterations.max() >= 2
-    box = deepfool(model, x, norm=norm, clip="box")
+    box = deepfool(model, x, norm=norm, clip="box", refine=0)  # the iteration itself, before any refinement
     assert torch.equal(box.iterations, free.iterations)
     assert torch.allclose(box.perturbation, free.perturbation, atol=1e-6)
     assert torch.equal(box.adv_pred, free.adv_pred)
@@ -178,3 +178,66 @@ def test_non_finite_input_and_settings_are_refused():
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         deepfool(model, x)
+
+
+# ------------------------------------------------------------------ boundary projection (dlcli.attacks.refine)
+
+
+class Curved(nn.Module):
+    """Two classes on two-pixel images: class 1 where g(x) = x₂ + 2(x₁ − ½)² − 0.7 > 0, a curved boundary."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.flatten(1).unbind(1)
+        g = x2 + 2 * (x1 - 0.5) ** 2 - 0.7
+        return torch.stack([torch.zeros_like(g), g], dim=1)
+
+
+def brute_force_distance(x0: tuple[float, float]) -> float:
+    """The ℓ2 distance from x0 to the nearest valid image of class 1, on a 2001 x 2001 grid of [0, 1]²."""
+    grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    a, b = torch.meshgrid(grid, grid, indexing="ij")
+    g = b + 2 * (a - 0.5) ** 2 - 0.7
+    d = ((a - x0[0]) ** 2 + (b - x0[1]) ** 2).sqrt()
+    return float(d[g > 0].min())
+
+
+@pytest.mark.parametrize("x0", [(0.2, 0.2), (0.7, 0.3), (0.9, 0.05)])  # the last one's minimum lies on x₁ = 1
+def test_refinement_reaches_the_brute_force_minimum_inside_the_box(x0):
+    model = Curved()
+    x = torch.tensor(x0).view(1, 1, 1, 2)
+    best = brute_force_distance(x0)
+    plain = deepfool(model, x, clip="box", refine=0)
+    refined = deepfool(model, x, clip="box", refine=1)
+    assert plain.r_norm.item() > 1.1 * best  # DeepFool alone stops well away from the closest boundary point
+    assert refined.r_norm.item() == pytest.approx(best, rel=0.01)  # one round reaches it (overshoot included)
+    assert refined.fooled_clipped.all() and refined.adversarial.min() >= 0 and refined.adversarial.max() <= 1
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_refined_images_are_valid_fool_and_are_never_larger(norm):
+    model = relu_net(3)
+    x = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(13))
+    x[:, :, :2] = 0.0  # black rows: the box binds
+    plain = deepfool(model, x, norm=norm, clip="box", refine=0)
+    refined = deepfool(model, x, norm=norm, clip="box", refine=2)
+    assert refined.refine == 2 and plain.refine == 0
+    assert refined.adversarial.min() >= 0 and refined.adversarial.max() <= 1
+    with torch.no_grad():
+        assert (model(refined.adversarial).argmax(1) != refined.clean_pred).all()
+    assert torch.allclose(refined.perturbation, refined.adversarial - x)
+    assert (refined.r_norm <= plain.r_norm + 1e-6).all()
+    assert refined.r_norm.mean() < 0.97 * plain.r_norm.mean()  # and smaller on average
+    assert torch.equal(refined.iterations, plain.iterations)  # DeepFool's own steps are unchanged
+    assert (refined.grad_evals > plain.grad_evals).all()  # the projections are counted
+
+
+def test_refine_defaults_and_refusals():
+    model = relu_net(0)
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(14))
+    assert deepfool(model, x).refine == 1  # box mode: one round by default
+    assert deepfool(model, x, clip="none").refine == 0 and deepfool(model, x, clip="step").refine == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="refine"):
+            deepfool(model, x, refine=bad)
+    with pytest.raises(ValueError, match="paper"):
+        deepfool(model, x, clip="none", refine=1)

@@ -44,9 +44,10 @@ from dlcli.attacks.common import (  # re-exported: older code imports them from 
     model_device,
 )
 from dlcli.attacks.linear_step import box_step, free_step
+from dlcli.attacks.refine import refine as refine_adversarials
 
 __all__ = ["CLIP_MODES", "GRAD_MODES", "NORMS", "DeepFoolResult", "PerImageOutcome", "check_clip", "check_norm",
-           "deepfool", "frozen_eval", "lp_norm", "model_device", "resolve_grad"]
+           "deepfool", "frozen_eval", "lp_norm", "model_device", "resolve_grad", "resolve_refine"]
 
 CLIP_MODES = ("box", "none", "step")
 CLIP_ALIASES = {"final": "none"}  # the name "none" had before box mode existed
@@ -82,6 +83,7 @@ class DeepFoolResult(PerImageOutcome):
     iterations: Tensor  # (B,) int64, DeepFool steps taken
     grad_evals: Tensor  # (B,) int64, vector-Jacobian products (one per candidate class and step)
     grad: str = "loop"  # how the gradients were taken: "loop" or "batched"
+    refine: int = 0  # boundary-projection rounds applied to the adversarial images (dlcli.attacks.refine)
 
 
 def check_clip(clip: str) -> str:
@@ -112,6 +114,7 @@ def deepfool(
     clip: str = "box",
     grad: str = "auto",
     step_eps: float = STEP_EPS,
+    refine: int | None = None,
     progress: Progress | None = None,
 ) -> DeepFoolResult:
     """Run DeepFool on ``x`` (B, C, H, W) in [0, 1]; returns per-image perturbations and bookkeeping.
@@ -119,8 +122,8 @@ def deepfool(
     ``labels`` (B,) are the true classes: images the model already gets wrong are not attacked (zero
     perturbation, ``attacked`` False). Without labels every image is attacked away from its own prediction.
     ``candidates`` is the number of classes searched, the clean prediction included (the reference code's
-    top 10 by clean logit). ``batch_size`` images are attacked at once (all of them when None). ``clip`` and
-    ``grad``: see the module docstring.
+    top 10 by clean logit). ``batch_size`` images are attacked at once (all of them when None). ``clip``,
+    ``grad`` and ``refine`` (None: 1 round in box mode, 0 otherwise): see the module docstring.
     """
     norm = check_norm(norm)
     clip = check_clip(clip)
@@ -134,6 +137,7 @@ def deepfool(
         raise ValueError(f"overshoot must be a finite non-negative number, got {overshoot}")
     if not torch.isfinite(x).all():
         raise ValueError("images contain NaN or infinite values")
+    refine = resolve_refine(refine, clip)
     device = model_device(model)
     grad = resolve_grad(grad, device)
     n = x.shape[0]
@@ -144,12 +148,39 @@ def deepfool(
         for start in range(0, max(n, 1), max(chunk, 1)):
             xb = x[start : start + chunk].to(device, torch.float32)
             yb = None if labels is None else labels[start : start + chunk].to(device)
-            parts.append(_deepfool_chunk(model, xb, yb, norm, overshoot, max_iter, candidates, clip, grad, step_eps))
+            parts.append(_deepfool_chunk(model, xb, yb, norm, overshoot, max_iter, candidates, clip, grad, step_eps,
+                                         refine))
             done += xb.shape[0]
             if progress is not None:
                 progress(done, n)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return DeepFoolResult(norm=norm, clip=clip, grad=grad, **cat)
+    return DeepFoolResult(norm=norm, clip=clip, grad=grad, refine=refine, **cat)
+
+
+def resolve_refine(refine: int | None, clip: str) -> int:
+    """None -> 1 round in box mode, 0 otherwise; a count must be a non-negative integer, 0 with clip "none"."""
+    if refine is None:
+        return 1 if clip == "box" else 0
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
+    if refine and clip == "none":
+        raise ValueError("refine works on valid adversarial images; clip 'none' keeps the paper's iteration")
+    return refine
+
+
+def _refine_chunk(model: nn.Module, x0: Tensor, logits0: Tensor, adversarial: Tensor, adv_pred: Tensor,
+                  clean: Tensor, attacked: Tensor, norm: str, overshoot: float, step_eps: float,
+                  rounds: int) -> Tensor:
+    """Boundary projections (dlcli.attacks.refine) of the chunk's valid adversarials, in place in
+    ``adversarial`` and ``adv_pred``; returns the vector-Jacobian products each image took."""
+    evals = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+    sel = (attacked & (adv_pred != clean)).nonzero().squeeze(1)
+    if sel.numel():
+        adv, pred, e = refine_adversarials(model, x0[sel], adversarial[sel], clean[sel], norm=norm,
+                                           overshoot=overshoot, step_eps=step_eps, rounds=rounds,
+                                           clean_logits=logits0[sel], adv_pred=adv_pred[sel])
+        adversarial[sel], adv_pred[sel], evals[sel] = adv, pred, e
+    return evals
 
 
 def _deepfool_chunk(
@@ -163,6 +194,7 @@ def _deepfool_chunk(
     clip: str,
     grad: str,
     step_eps: float,
+    refine: int = 0,
 ) -> dict[str, Tensor]:
     """DeepFool on one chunk that fits the device at once; returns CPU tensors for :class:`DeepFoolResult`."""
     b = x0.shape[0]
@@ -206,6 +238,11 @@ def _deepfool_chunk(
     with torch.no_grad():
         adv_pred_clipped = model(adversarial).argmax(dim=1)
     adv_pred_clipped = torch.where(attacked, adv_pred_clipped, clean)
+    if refine:  # box or step mode: r_hat = adversarial - x0 below
+        grad_evals = grad_evals + _refine_chunk(model, x0, logits0, adversarial, adv_pred_clipped, clean, attacked,
+                                                norm, overshoot, step_eps, refine)
+        adv_pred = torch.where(attacked, adv_pred_clipped, adv_pred)
+        r_hat = adversarial - x0
     return {
         "perturbation": r_hat.cpu(),
         "adversarial": adversarial.cpu(),

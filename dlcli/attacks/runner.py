@@ -172,6 +172,7 @@ def run_deepfool(
     batch_size: int | None = None,
     clip: str = "box",
     grad: str = "auto",
+    refine: int | None = None,
     paper_protocol: bool = True,
     split: str = "test",
     out_dir: Path | None = None,
@@ -187,14 +188,16 @@ def run_deepfool(
     model = classifier.model
     kwargs = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
                   grad=grad)
-    res, seconds = timed(model, lambda: deepfool(model, images, labels, clip=clip, progress=progress, **kwargs))
+    res, seconds = timed(model, lambda: deepfool(model, images, labels, clip=clip, refine=refine, progress=progress,
+                                                 **kwargs))
     summary = deepfool_summary(res, labels, seconds)
     report: dict[str, Any] = {
         "attack": "deepfool",
         **source(classifier),
         "split": split,
         "settings": {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": candidates,
-                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "step_eps": STEP_EPS},
+                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "refine": res.refine,
+                     "step_eps": STEP_EPS},
         **summary,
         "paper": paper_reference(classifier.recipe, "deepfool", norm),
         "paper_anchors": paper_anchors(classifier.recipe, "deepfool", norm),
@@ -270,6 +273,7 @@ def run_deepfool_images(
     batch_size: int | None = None,
     clip: str = "box",
     grad: str = "auto",
+    refine: int | None = None,
     folder: str = "",
     skipped: Sequence[str] = (),
     out_dir: Path,
@@ -288,7 +292,7 @@ def run_deepfool_images(
     model = classifier.model
     res, seconds = timed(model, lambda: deepfool(
         model, images, None, norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
-        batch_size=batch_size, clip=clip, grad=grad, progress=progress))
+        batch_size=batch_size, clip=clip, grad=grad, refine=refine, progress=progress))
     pred8 = predict(model, quantize8(res.adversarial))
     fooled8 = pred8 != res.clean_pred
     report: dict[str, Any] = {
@@ -298,7 +302,8 @@ def run_deepfool_images(
         "images_folder": str(folder),
         "skipped_files": list(skipped),
         "settings": {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": candidates,
-                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "step_eps": STEP_EPS},
+                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "refine": res.refine,
+                     "step_eps": STEP_EPS},
         **deepfool_summary(res, None, seconds),
         "fooled_as_8bit_png": int(fooled8.sum()),
         "paper": None,

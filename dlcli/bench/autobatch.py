@@ -44,20 +44,15 @@ def find_max_batch(fits: Callable[[int], bool], start: int = 1, limit: int = AUT
     return lo
 
 
-def _gpu_fits(
-    spec: BenchSpec,
-    rt: Runtime,
-    mode: str,
-    input_shape: tuple[int, ...],
-    kwargs: dict[str, Any],
-    output_shape: tuple[int, ...],
-) -> Callable[[int], bool]:
+def _gpu_fits(model: torch.nn.Module, rt: Runtime, mode: str, input_shape: tuple[int, ...],
+              output_shape: tuple[int, ...]) -> Callable[[int], bool]:
     """A predicate: do two steps of ``mode`` at batch b run on the GPU without running out of memory?
 
-    Uses the uncompiled model (compiling every candidate size would take minutes; compiled graphs use no
-    more memory than eager ones). Two steps, because the optimizer's momentum buffers appear in the first.
+    ``model`` is a fresh, uncompiled one (compiling every candidate size would take minutes; compiled graphs
+    use no more memory than eager ones), moved to the GPU here. Two steps, because the optimizer's momentum
+    buffers appear in the first.
     """
-    model = build_model(spec.model, **kwargs).to(rt.device)
+    model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn, make_target, _ = loss_and_target(output_shape, rt.device)
@@ -108,7 +103,9 @@ def auto_batch(
     progress(f"{spec.model} {mode}: --auto-batch searching from batch {start} (one trial = 2 steps)")
     torch.cuda.set_per_process_memory_fraction(AUTO_BATCH_MEMORY_FRACTION, rt.device)
     try:
-        best = find_max_batch(_gpu_fits(spec, rt, mode, input_shape, kwargs, output_shape), start=start)
+        # built under the cap; no name holds the model or its predicate, so both are freed before `finally`
+        best = find_max_batch(_gpu_fits(build_model(spec.model, **kwargs), rt, mode, input_shape, output_shape),
+                              start=start)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, rt.device)
         gc.collect()

@@ -98,6 +98,7 @@ def print_deepfool(r: dict[str, Any]) -> None:
         rows[f"‖r‖{q} p5 / p50 / p95 / max"] = " / ".join(report.fmt(pct[k]) for k in ("p5", "p50", "p95", "max"))
     rows.update({
         "mean iterations": r["mean_iterations"],
+        "boundary-projection rounds (--refine)": s.get("refine", 0),
         "mean gradient evaluations": f"{report.fmt(r['mean_grad_evals'])} ({s['grad']})",
         "images/s": r["images_per_s"],
         "ms per image": r["ms_per_image"],
@@ -107,6 +108,9 @@ def print_deepfool(r: dict[str, Any]) -> None:
                                                               f"{report.fmt(pp['mean_iterations'])} iterations"
     report.out.print(report.key_value_table(f"DeepFool {p} on {r['recipe']} ({r['split']} split)", rows))
     _line(f"clip {CLIP_NOTES[s['clip']]}")
+    if s.get("refine"):
+        _line(f"--refine {s['refine']}: each adversarial image then shrunk towards the closest point of the decision "
+              "boundary (boundary projection inside [0, 1]; still valid, checked to fool)")
     if s["clip"] == "none" and r["clip_undid"]:
         _line(f"clamping to [0, 1] undid {r['clip_undid']} of the iteration's {r['iteration_fooled']} flips; "
               "--clip box (the default) gives valid adversarial images")

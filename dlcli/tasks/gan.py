@@ -5,9 +5,15 @@ cross-entropy on its logits), G learns to make D call G(z) real: the "non-satura
 both papers train with. Two update orders:
 
 ``alternating`` (pytorch/examples' dcgan): one D step on x and G(z).detach(), then one G step through the
-updated D; D's weights are frozen during the G step (their gradients would be discarded anyway).
+updated D that differentiates with respect to G's parameters only (``backward(inputs=...)``: D's weight
+gradients are neither computed nor accumulated, as when D's weights are frozen, without toggling
+``requires_grad`` on every parameter of D at every step).
 ``simultaneous`` (the authors' pylearn2 code for the 2014 paper): one forward pass, D's gradient of
 ``d_loss`` and G's gradient of ``g_loss`` taken from the same D(G(z)), both optimisers stepped together.
+
+``task_args.cuda_graph`` (alternating updates with Adam on CUDA): the whole step, both updates and both
+optimiser steps, is captured once as a CUDA graph and replayed for every full batch (see ``_graph_update``);
+a 64-px DCGAN step is a few hundred small kernels whose launching, not their arithmetic, bounds it.
 
 ``d_loss = d_loss_scale * (BCE(D(x), 1) + BCE(D(G(z)), 0))`` (scale 0.5 in the authors' code, 1 in
 pytorch/examples), each BCE a mean over the batch. Both networks get an optimiser built from the recipe's
@@ -57,6 +63,7 @@ from dlcli.tasks.gan_eval import (
 from dlcli.tasks.optim import build_optimizer
 
 UPDATES = ("alternating", "simultaneous")
+GRAPH_WARMUP = 3  # eager full-batch steps before the step is captured as a CUDA graph (task_args.cuda_graph)
 GRID = 64  # fixed-noise samples in each epoch's grid (8 x 8)
 _SUMS = ("d_loss", "g_loss", "d_x", "d_g_z")  # running sums per step, in this order
 
@@ -70,7 +77,7 @@ class GANTask(Task):
                  momentum_final: float | None = None, momentum_start: int = 1, momentum_saturate: int = 250,
                  output_bias_from_data: bool = False, log_every: int = 50, eval_samples: int = 10_000,
                  features: str | None = None, fld_every_epoch: bool = False, warn_d_loss: float = 0.05,
-                 warn_diversity: float = 0.3) -> None:
+                 warn_diversity: float = 0.3, cuda_graph: bool = False) -> None:
         super().__init__(ctx)
         if update not in UPDATES:
             raise ValueError(f"task_args.update must be one of {', '.join(UPDATES)}, got {update!r}")
@@ -110,12 +117,26 @@ class GANTask(Task):
         if output_bias_from_data:
             self._output_bias_from_marginals()
         dev = rt.device
-        self.G, self.G_raw = rt.prepare(self.pair.G)
-        self.D, self.D_raw = rt.prepare(self.pair.D)
+        # Compiled, the networks keep the default memory format: inductor chooses convolution layouts itself,
+        # and torch 2.11's inductor failed (a stride assertion in convolution_backward) on the channels-last
+        # weight of G's first transposed convolution, whose input is 1x1.
+        weights_channels_last = rt.channels_last and not (rt.compile and dev.type == "cuda")
+        if rt.channels_last and not weights_channels_last:
+            rt.notes.append("channels_last: compiled G and D keep the default memory format (inductor chooses "
+                            "the convolutions' layouts)")
+        self.G, self.G_raw = rt.prepare(self.pair.G, channels_last=weights_channels_last)
+        self.D, self.D_raw = rt.prepare(self.pair.D, channels_last=weights_channels_last)
         self.batches = ImageBatches(self.data.train.x.to(dev), self.data.train.y.to(dev), self.recipe.batch_size,
                                     self.recipe.seed, rank=rt.rank, world_size=rt.world_size)
-        self.opt_g = build_optimizer(self.recipe, self.G_raw.parameters())
-        self.opt_d = build_optimizer(self.recipe, self.D_raw.parameters())
+        self.g_params, self.d_params = list(self.G_raw.parameters()), list(self.D_raw.parameters())
+        refusal = self._graph_refusal(rt, lr_decay, momentum_final) if cuda_graph else None
+        self.graphed = cuda_graph and refusal is None
+        if refusal:
+            rt.notes.append(f"task_args.cuda_graph: eager steps ({refusal})")
+        self.opt_g = build_optimizer(self.recipe, self.g_params, capturable=self.graphed)
+        self.opt_d = build_optimizer(self.recipe, self.d_params, capturable=self.graphed)
+        self._graph: torch.cuda.CUDAGraph | None = None  # captured at the first full batch after the warm-ups
+        self._graph_warmups = 0
         self.lr0, self.momentum0 = self.recipe.optim.lr, self.recipe.optim.momentum
         self.scaler_g, self.scaler_d = rt.grad_scaler(), rt.grad_scaler()
         # noise for training steps comes from the task's own generator (saved in state_dict); the fixed noise
@@ -134,6 +155,22 @@ class GANTask(Task):
             self._fld_ref = None
 
     # --- set-up -------------------------------------------------------------------------------------------
+    def _graph_refusal(self, rt: Any, lr_decay: float, momentum_final: float | None) -> str | None:
+        """Why the step cannot be one CUDA graph here, or None when it can."""
+        if rt.device.type != "cuda":
+            return f"CUDA graphs need a CUDA device, not {rt.device.type}"
+        if self.update != "alternating":
+            return "only the alternating update is captured"
+        if lr_decay != 1.0 or momentum_final is not None:
+            return "a graph would keep the first learning rate and momentum: lr_decay and momentum_final change them"
+        if rt.precision == "fp16":
+            return "fp16's GradScaler reads its overflow check on the host every step"
+        if rt.compile:
+            return "compile: torch.compile's own CUDA graphs (compile: reduce-overhead) are the other way"
+        if self.recipe.optim.name not in ("adam", "adamw"):
+            return f"optim.name {self.recipe.optim.name}: only adam and adamw keep their step count on the GPU"
+        return None
+
     def _output_bias_from_marginals(self) -> None:
         """G's sigmoid output starts at the mean training image: bias = logit(mean pixel), clipped to
         [1e-5, 1 - 1e-5] (pylearn2's init_sigmoid_bias_from_marginals)."""
@@ -152,7 +189,7 @@ class GANTask(Task):
                 "val_samples": len(self.data.val) if self.data.val else 0,
                 "test_samples": len(self.data.test) if self.data.test else 0,
                 "generator_parameters": count(self.G_raw), "discriminator_parameters": count(self.D_raw),
-                "image_size": self.size, "update": self.update}
+                "image_size": self.size, "update": self.update, "cuda_graph": self.graphed}
 
     def steps_per_epoch(self, epoch: int) -> int:
         return self.batches.steps()
@@ -185,26 +222,34 @@ class GANTask(Task):
 
     def _step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One update of D and G on real pixels x (B, C, H, W) in [0, 1]; returns (d_loss, g_loss, D(x) logits,
-        D(G(z)) logits, G(z)), all detached."""
+        D(G(z)) logits, G(z), the real batch as D saw it), all detached."""
         rt = self.runtime
+        rt.mark_step()  # compiled with CUDA graphs: the previous step's graph outputs may be overwritten now
         real = rt.to_input(self.pair.from_pixels(fit_real(x, self.size, self.fit)))
         z = draw_noise(len(real), self.pair.nz, self.noise, self.noise_rng, rt.device)
+        if self.graphed and len(real) == self.recipe.batch_size:  # a last, smaller batch runs eagerly
+            return (*self._graph_update(real, z), real)
+        return (*self._update(real, z), real)
+
+    def _update(self, real: torch.Tensor, z: torch.Tensor, cache: bool = True) -> tuple[torch.Tensor, ...]:
+        """The D and G updates from the real batch and the noise; returns (d_loss, g_loss, D(x) logits, D(G(z))
+        logits, G(z)), detached. ``cache``: autocast's reuse of low-precision weight copies within a block."""
+        rt = self.runtime
         if self.update == "alternating":
-            with rt.autocast():
+            with rt.autocast(cache):
                 out_real = self.D(real)
                 fake = self.G(z)
                 out_fake = self.D(fake.detach())
                 d_loss = self.d_loss_scale * (self._bce(out_real, 1.0) + self._bce(out_fake, 0.0))
             optimizer_step(d_loss, self.opt_d, self.scaler_d)
-            self.D_raw.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
-            try:
-                with rt.autocast():
-                    g_loss = self._bce(self.D(fake), 1.0)
-                optimizer_step(g_loss, self.opt_g, self.scaler_g)
-            finally:
-                self.D_raw.requires_grad_(True)
+            # A second autocast block: autocast keeps low-precision copies of D's weights for as long as a
+            # block lasts, and the D step has just changed those weights.
+            with rt.autocast(cache):
+                g_loss = self._bce(self.D(fake), 1.0)
+            # gradients through D for G's parameters only
+            optimizer_step(g_loss, self.opt_g, self.scaler_g, inputs=self.g_params)
         else:
-            with rt.autocast():
+            with rt.autocast(cache):
                 out_real = self.D(real)
                 fake = self.G(z)
                 out_fake = self.D(fake)  # the same pass serves both objectives (and the same dropout masks)
@@ -212,7 +257,7 @@ class GANTask(Task):
                 g_loss = self._bce(out_fake, 1.0)
             self.opt_d.zero_grad(set_to_none=True)
             self.opt_g.zero_grad(set_to_none=True)
-            d_params, g_params = list(self.D_raw.parameters()), list(self.G_raw.parameters())
+            d_params, g_params = self.d_params, self.g_params
             if self.scaler_d is not None:
                 self.scaler_d.scale(d_loss).backward(inputs=d_params, retain_graph=True)
                 self.scaler_g.scale(g_loss).backward(inputs=g_params)
@@ -225,7 +270,37 @@ class GANTask(Task):
                 g_loss.backward(inputs=g_params)
                 self.opt_d.step()
                 self.opt_g.step()
-        return d_loss.detach(), g_loss.detach(), out_real.detach(), out_fake.detach(), fake.detach(), real
+        return d_loss.detach(), g_loss.detach(), out_real.detach(), out_fake.detach(), fake.detach()
+
+    def _graph_update(self, real: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``_update`` replayed from one CUDA graph: the whole step's few hundred kernels launched at once,
+        which is what a 64-px DCGAN step costs on a large GPU (its arithmetic takes less time than launching
+        it). The first ``GRAPH_WARMUP`` full batches run eagerly on a side stream (cuDNN's algorithm choices,
+        the optimisers' state and the memory pool settle, as CUDA-graph capture needs), the next one is
+        captured and then every full batch copies its real images and noise into the graph's inputs and
+        replays it. The outputs are copied out (the next replay overwrites them)."""
+        if self._graph is None and self._graph_warmups < GRAPH_WARMUP:
+            self._graph_warmups += 1
+            side = torch.cuda.Stream(self.runtime.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._update(real, z)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self._graph is None:
+            self._graph_inputs = (real.clone(), z.clone())
+            # gradients of None: backward allocates them from the graph's own memory pool, where every replay
+            # writes them again
+            self.opt_d.zero_grad(set_to_none=True)
+            self.opt_g.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_outputs = self._update(*self._graph_inputs, cache=False)
+            self._graph = graph
+        self._graph_inputs[0].copy_(real)
+        self._graph_inputs[1].copy_(z)
+        self._graph.replay()
+        return tuple(t.clone() for t in self._graph_outputs)
 
     def train_steps(self, epoch: int, start_step: int) -> Iterator[dict[str, float]]:
         if start_step == 0:
@@ -358,6 +433,7 @@ class GANTask(Task):
     def load_state_dict(self, state: dict[str, Any], *, restore_schedule: bool = True) -> None:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        self._graph, self._graph_warmups = None, 0  # a graph holds the old optimiser state's addresses
         for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
             if scaler is not None and state.get(key) is not None:
                 scaler.load_state_dict(state[key])

@@ -10,22 +10,38 @@ import torch
 from dlcli.config import Recipe
 
 
-def build_optimizer(recipe: Recipe, params: Iterable[torch.nn.Parameter], *,
-                    fused: bool | None = None) -> torch.optim.Optimizer:
-    """``fused``: adam/adamw in one kernel per step (torch's default None: off on the CPU); tiny networks
-    (DQN's) spend most of a step in per-parameter optimiser overhead otherwise."""
+def build_optimizer(recipe: Recipe, params: Iterable[torch.nn.Parameter], *, fused: bool | None = None,
+                    capturable: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the parameters that require gradients.
+
+    ``fused`` (else the recipe's ``optim.fused``): sgd/adam/adamw update every parameter in one fused kernel
+    per step instead of several multi-tensor kernels (CUDA) or a loop over the parameters (the CPU); tiny
+    networks (DQN's, a 64-px DCGAN) spend much of a step in that per-parameter overhead otherwise.
+    ``capturable``: adam/adamw keep their step count on the device, so that a CUDA graph can capture the step."""
     o = recipe.optim
     params = [p for p in params if p.requires_grad]
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(o.name)
+    if fused is None and kind is not None:
+        fused = resolve_fused(o.fused, params)
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused)
+                               weight_decay=o.weight_decay, fused=fused)
+    if o.name in ("adam", "adamw"):
+        return kind(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=fused,
+                    capturable=capturable)
     if o.name == "adadelta":
         return torch.optim.Adadelta(params, lr=o.lr, weight_decay=o.weight_decay)
     raise ValueError(f"unknown optimizer {o.name!r}")  # config validation makes this unreachable
+
+
+def resolve_fused(setting: bool | str, params: list[torch.nn.Parameter]) -> bool | None:
+    """``optim.fused`` -> the optimiser's ``fused`` argument: True, or None for torch's default (multi-tensor
+    ``foreach`` kernels on CUDA, a plain loop on the CPU; torch's ``fused=False`` would mean the plain loop on
+    CUDA too). ``auto`` is True when every parameter is on a CUDA device and None elsewhere, so CPU results do
+    not change with the default setting."""
+    if setting == "auto":
+        return True if params and all(p.is_cuda for p in params) else None
+    return True if setting is True else None
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, *, total_steps: int,
