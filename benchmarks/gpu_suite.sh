@@ -317,7 +317,9 @@ run_mnist() {
 # DeepFool images/s on a run trained here, when the attacks' GPU benchmark exists (it is someone else's file).
 run_attack() {  # RUNS_FROM=DIR: attack DIR/RECIPE (a run brought along) instead of training one here
   local recipe="$1" kind="$2" run="$WORK/$1-run"
-  [ -n "${RUNS_FROM:-}" ] && [ -f "$RUNS_FROM/$recipe/best.pt" ] && run="$RUNS_FROM/$recipe"
+  # (not for CIFAR in a dry run: a real run's recipe holds out 5,000 images, the dry run's folder has 200)
+  [ -n "${RUNS_FROM:-}" ] && [ -f "$RUNS_FROM/$recipe/best.pt" ] && { [ "$DRY" != 1 ] || [ "$kind" != cifar ]; } \
+    && run="$RUNS_FROM/$recipe"
   if [ ! -f "$run/best.pt" ]; then
     local extra=()
     [ "$DRY" = 1 ] && extra=(--epochs 1 --set data.args.train_size=256)
@@ -407,7 +409,8 @@ run_precision() {
 # SOLO=0 skips the solo resnet18 run; DQN_LEARNING_STARTS moves the rl lane's switch from acting to learning
 # (default: the recipe's 80,000); TAIL (default "dcgan throughput") picks the solo steps after the lanes from:
 # dcgan, throughput, deepfool (DeepFool images/s on lenet-modern: box with and without refinement, the paper's
-# iteration, torchattacks; RUNS_FROM=DIR takes DIR/lenet-modern instead of training it), resnet50_compile (`dlcli bench resnet50` bf16, channels-last, --compile).
+# iteration, torchattacks; RUNS_FROM=DIR takes DIR/lenet-modern instead of training it), deepfool_cifar (the
+# same on resnet20-cifar10: DIR/resnet20-cifar10, else the cifar_b lane's run, else one trained here), resnet50_compile (`dlcli bench resnet50` bf16, channels-last, --compile).
 # The runs' small files come back in
 # OUT/runs.tar.gz (checkpoints under 8 MB, summaries, metric logs) for attacks and evaluation elsewhere,
 # and the long GAN run's samples in OUT/gan-mnist-samples.png.
@@ -493,6 +496,7 @@ run_lanes() {
   [[ "$tail" == *" throughput "* ]] && step throughput_resnet18_solo 40 "$PY" benchmarks/cifar_throughput.py \
     --recipe resnet18-cifar10 --device "$DEV" --json "${data_args[@]}" "${thr[@]}"
   [[ "$tail" == *" deepfool "* ]] && run_attack lenet-modern mnist
+  [[ "$tail" == *" deepfool_cifar "* ]] && run_attack resnet20-cifar10 cifar
   [[ "$tail" == *" resnet50_compile "* ]] && [ "$DRY" != 1 ] && step bench_resnet50_bf16_cl_compile 150 "$PY" -m dlcli \
     bench resnet50 --device cuda --mode train --precision bf16 --channels-last --compile --batch-size 256 --json
   # The runs' small files, for evaluation and attacks on another machine
