@@ -194,7 +194,7 @@ def deepfool_cmd(
     * `dlcli attack deepfool --images my_digits/` (your own image files)
     * `dlcli attack deepfool --json | jq .rho_adv`
     """
-    from dlcli.attacks.runner import run_deepfool, run_deepfool_images
+    from dlcli.attacks.runner import DeepFoolSettings, run_deepfool, run_deepfool_images
     from dlcli.report.attack import print_deepfool, print_deepfool_images, progress_bar
 
     norm = _norm(norm)
@@ -209,8 +209,8 @@ def deepfool_cmd(
     if refine and clip == "none":
         raise UsageError("--refine works on valid adversarial images; --clip none keeps the paper's iteration "
                          "(use --clip box or step)")
-    settings = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
-                    clip=clip, grad=grad, refine=refine)
+    settings = DeepFoolSettings(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                                batch_size=batch_size, clip=clip, grad=grad, refine=refine)
     if images is not None:
         if compare_fgsm:
             raise UsageError("--compare-fgsm needs labelled images; it cannot be combined with --images")
@@ -222,16 +222,16 @@ def deepfool_cmd(
         for name in skipped:
             report.note(f"--images: skipped {name} (not an image Pillow can read)")
         with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
-            result = run_deepfool_images(clf, x, names, folder=images, skipped=skipped, progress=bar,
-                                         out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}-images"), **settings)
+            result = run_deepfool_images(clf, x, names, settings, folder=images, skipped=skipped, progress=bar,
+                                         out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}-images"))
         _emit(result, json, print_deepfool_images)
         return
     clf, x, y, idx = _per_image_setup(run, n=n, batch_size=batch_size, split=split, threads=threads,
                                       device=device, data_dir=data_dir)
     with progress_bar("DeepFool", x.shape[0], enabled=report.err.is_terminal) as bar:
-        result = run_deepfool(clf, x, y, idx, paper_protocol=paper_rho, split=split,
+        result = run_deepfool(clf, x, y, idx, settings, paper_protocol=paper_rho, split=split,
                               out_dir=_out_dir(out, clf, f"deepfool-{_norm_tag(norm)}"),
-                              compare_fgsm=compare_fgsm, progress=bar, **settings)
+                              compare_fgsm=compare_fgsm, progress=bar)
     _emit(result, json, print_deepfool)
 
 

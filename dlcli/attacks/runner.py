@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -159,20 +160,34 @@ def deepfool_summary(res: DeepFoolResult, labels: Tensor | None, seconds: float)
     }
 
 
+@dataclass(frozen=True)
+class DeepFoolSettings:
+    """The options of one DeepFool run, as ``dlcli attack deepfool`` takes them (see :func:`deepfool`)."""
+
+    norm: str = "2"
+    overshoot: float = 0.02
+    max_iter: int = 50
+    candidates: int = 10
+    batch_size: int | None = None
+    clip: str = "box"
+    grad: str = "auto"
+    refine: int | None = None  # None: the attack's default for the clip mode
+
+    def checked(self) -> "DeepFoolSettings":
+        return replace(self, norm=check_norm(self.norm), clip=check_clip(self.clip))
+
+    def report(self, res: DeepFoolResult) -> dict[str, Any]:
+        """The ``settings`` of a report: as given, with what the attack resolved (gradients, refinement)."""
+        return {**asdict(self), "grad": res.grad, "refine": res.refine, "step_eps": STEP_EPS}
+
+
 def run_deepfool(
     classifier: Any,
     images: Tensor,
     labels: Tensor,
     indices: Tensor,
+    settings: DeepFoolSettings = DeepFoolSettings(),
     *,
-    norm: str = "2",
-    overshoot: float = 0.02,
-    max_iter: int = 50,
-    candidates: int = 10,
-    batch_size: int | None = None,
-    clip: str = "box",
-    grad: str = "auto",
-    refine: int | None = None,
     paper_protocol: bool = True,
     split: str = "test",
     out_dir: Path | None = None,
@@ -184,20 +199,16 @@ def run_deepfool(
     With ``paper_protocol`` and a clip mode other than "none", the paper's unconstrained iteration is run
     as well on the same images (timed apart) so that its ρ can be shown beside the written images' ρ.
     """
-    norm, clip = check_norm(norm), check_clip(clip)
+    settings = settings.checked()
+    norm, clip = settings.norm, settings.clip
     model = classifier.model
-    kwargs = dict(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=batch_size,
-                  grad=grad)
-    res, seconds = timed(model, lambda: deepfool(model, images, labels, clip=clip, refine=refine, progress=progress,
-                                                 **kwargs))
+    res, seconds = timed(model, lambda: deepfool(model, images, labels, progress=progress, **asdict(settings)))
     summary = deepfool_summary(res, labels, seconds)
     report: dict[str, Any] = {
         "attack": "deepfool",
         **source(classifier),
         "split": split,
-        "settings": {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": candidates,
-                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "refine": res.refine,
-                     "step_eps": STEP_EPS},
+        "settings": settings.report(res),
         **summary,
         "paper": paper_reference(classifier.recipe, "deepfool", norm),
         "paper_anchors": paper_anchors(classifier.recipe, "deepfool", norm),
@@ -206,7 +217,8 @@ def run_deepfool(
     if clip == "none":
         report["paper_protocol"] = _protocol(summary, same_run=True)
     elif paper_protocol:
-        plain, t_plain = timed(model, lambda: deepfool(model, images, labels, clip="none", **kwargs))
+        paper = asdict(replace(settings, clip="none", refine=None))
+        plain, t_plain = timed(model, lambda: deepfool(model, images, labels, **paper))
         report["paper_protocol"] = _protocol(deepfool_summary(plain, labels, t_plain), same_run=False)
     if compare_fgsm:
         fg = run_fgsm(classifier, images, labels, indices, norm=norm, clip="none" if clip == "none" else "box",
@@ -265,15 +277,8 @@ def run_deepfool_images(
     classifier: Any,
     images: Tensor,
     names: Sequence[str],
+    settings: DeepFoolSettings = DeepFoolSettings(),
     *,
-    norm: str = "2",
-    overshoot: float = 0.02,
-    max_iter: int = 50,
-    candidates: int = 10,
-    batch_size: int | None = None,
-    clip: str = "box",
-    grad: str = "auto",
-    refine: int | None = None,
     folder: str = "",
     skipped: Sequence[str] = (),
     out_dir: Path,
@@ -288,11 +293,10 @@ def run_deepfool_images(
     from dlcli.attacks.image_files import quantize8, save_image8
     from dlcli.attacks.universal import predict
 
-    norm, clip = check_norm(norm), check_clip(clip)
+    settings = settings.checked()
+    norm = settings.norm
     model = classifier.model
-    res, seconds = timed(model, lambda: deepfool(
-        model, images, None, norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
-        batch_size=batch_size, clip=clip, grad=grad, refine=refine, progress=progress))
+    res, seconds = timed(model, lambda: deepfool(model, images, None, progress=progress, **asdict(settings)))
     pred8 = predict(model, quantize8(res.adversarial))
     fooled8 = pred8 != res.clean_pred
     report: dict[str, Any] = {
@@ -301,9 +305,7 @@ def run_deepfool_images(
         "split": None,
         "images_folder": str(folder),
         "skipped_files": list(skipped),
-        "settings": {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": candidates,
-                     "batch_size": batch_size, "clip": clip, "grad": res.grad, "refine": res.refine,
-                     "step_eps": STEP_EPS},
+        "settings": settings.report(res),
         **deepfool_summary(res, None, seconds),
         "fooled_as_8bit_png": int(fooled8.sum()),
         "paper": None,
