@@ -194,6 +194,7 @@ def deepfool_cmd(
     * `dlcli attack deepfool --images my_digits/` (your own image files)
     * `dlcli attack deepfool --json | jq .rho_adv`
     """
+    from dlcli.attacks.deepfool import resolve_refine
     from dlcli.attacks.runner import DeepFoolSettings, run_deepfool, run_deepfool_images
     from dlcli.report.attack import print_deepfool, print_deepfool_images, progress_bar
 
@@ -204,11 +205,10 @@ def deepfool_cmd(
         raise UsageError(f"--candidates {candidates}: expected at least 2 (the predicted class and one other)")
     clip = _choice("--clip", clip, CLIP_MODES)
     grad = _choice("--grad", grad, GRAD_MODES)
-    if refine is not None and refine < 0:
-        raise UsageError(f"--refine {refine}: expected a number of rounds, 0 or more")
-    if refine and clip == "none":
-        raise UsageError("--refine works on valid adversarial images; --clip none keeps the paper's iteration "
-                         "(use --clip box or step)")
+    try:
+        resolve_refine(refine, clip)
+    except ValueError as e:  # "refine ...: ..." names the option
+        raise UsageError(f"--{e}") from None
     settings = DeepFoolSettings(norm=norm, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
                                 batch_size=batch_size, clip=clip, grad=grad, refine=refine)
     if images is not None:

@@ -162,9 +162,10 @@ def resolve_refine(refine: int | None, clip: str) -> int:
     if refine is None:
         return 1 if clip == "box" else 0
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
+        raise ValueError(f"refine {refine!r}: expected a non-negative number of rounds")
     if refine and clip == "none":
-        raise ValueError("refine works on valid adversarial images; clip 'none' keeps the paper's iteration")
+        raise ValueError(f"refine {refine} with clip 'none': the projection works on valid adversarial images, and "
+                         "clip 'none' keeps the paper's iteration (use clip box or step)")
     return refine
 
 
@@ -176,9 +177,8 @@ def _refine_chunk(model: nn.Module, x0: Tensor, logits0: Tensor, adversarial: Te
     evals = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
     sel = (attacked & (adv_pred != clean)).nonzero().squeeze(1)
     if sel.numel():
-        adv, pred, e = refine_adversarials(model, x0[sel], adversarial[sel], clean[sel], norm=norm,
-                                           overshoot=overshoot, step_eps=step_eps, rounds=rounds,
-                                           clean_logits=logits0[sel], adv_pred=adv_pred[sel])
+        adv, pred, e = refine_adversarials(model, x0[sel], adversarial[sel], clean[sel], logits0[sel], adv_pred[sel],
+                                           norm=norm, overshoot=overshoot, step_eps=step_eps, rounds=rounds)
         adversarial[sel], adv_pred[sel], evals[sel] = adv, pred, e
     return evals
 
@@ -233,16 +233,15 @@ def _deepfool_chunk(
     r_hat = torch.where(keep, r_tot * scale, torch.zeros_like(r_tot))
     # The iterate as _iterate built it (box mode: already valid; the clamp only removes rounding).
     adversarial = (x0 + r_hat).clamp(0.0, 1.0)
-    if clip != "none":
-        r_hat = adversarial - x0  # the perturbation the valid image carries, exactly
     with torch.no_grad():
         adv_pred_clipped = model(adversarial).argmax(dim=1)
     adv_pred_clipped = torch.where(attacked, adv_pred_clipped, clean)
-    if refine:  # box or step mode: r_hat = adversarial - x0 below
+    if refine:  # box or step mode (resolve_refine refuses it with "none"); shrinks ``adversarial`` in place
         grad_evals = grad_evals + _refine_chunk(model, x0, logits0, adversarial, adv_pred_clipped, clean, attacked,
                                                 norm, overshoot, step_eps, refine)
         adv_pred = torch.where(attacked, adv_pred_clipped, adv_pred)
-        r_hat = adversarial - x0
+    if clip != "none":
+        r_hat = adversarial - x0  # the perturbation the valid image carries, exactly
     return {
         "perturbation": r_hat.cpu(),
         "adversarial": adversarial.cpu(),

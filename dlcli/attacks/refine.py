@@ -100,24 +100,22 @@ def _recross(model: nn.Module, z: Tensor, target: Tensor, clean: Tensor, norm: s
     return z, evals
 
 
-def refine(model: nn.Module, x0: Tensor, adv: Tensor, clean: Tensor, *, norm: str, overshoot: float,
-           step_eps: float, rounds: int = 1, clean_logits: Tensor | None = None, adv_pred: Tensor | None = None,
-           flip_steps: int = FLIP_STEPS,
+def refine(model: nn.Module, x0: Tensor, adv: Tensor, clean: Tensor, clean_logits: Tensor, adv_pred: Tensor, *,
+           norm: str, overshoot: float, step_eps: float, rounds: int = 1, flip_steps: int = FLIP_STEPS,
            max_recross: int = MAX_RECROSS) -> tuple[Tensor, Tensor, Tensor]:
     """``rounds`` boundary projections (module docstring) of valid adversarials ``adv`` of images ``x0``.
 
     ``x0``, ``adv`` (a, C, H, W) in [0, 1] on the model's device, every ``adv`` classified other than ``clean``
-    (a,). ``clean_logits`` (a, K) = model(x0) and ``adv_pred`` (a,) = the labels of ``adv``, when the caller
-    has them, save two forward passes. The model must be in eval mode with its weights frozen. Returns (refined adversarials, still valid
-    and still fooling, each no larger than its input in the ℓ``norm``; their predicted classes;
+    (a,); ``clean_logits`` (a, K) = model(x0) and ``adv_pred`` (a,) = the labels of ``adv``, which DeepFool has
+    already computed. The model must be in eval mode with its weights frozen. Returns (refined adversarials,
+    still valid and still fooling, each no larger than its input in the ℓ``norm``; their predicted classes;
     vector-Jacobian products per image).
     """
     scale = 1.0 + overshoot
     best = adv.clone()
     best_norm = lp_norm(best - x0, norm)
-    with torch.no_grad():
-        gap0 = _gap(model(x0) if clean_logits is None else clean_logits, clean)  # < 0: x0 is classified clean
-        best_pred = model(best).argmax(dim=1) if adv_pred is None else adv_pred.clone()
+    gap0 = _gap(clean_logits, clean)  # < 0: x0 is classified clean
+    best_pred = adv_pred.clone()
     evals = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
     flat0 = x0.flatten(1)
     for _ in range(rounds):
