@@ -35,13 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlcli.attacks import deepfool  # noqa: E402
+from dlcli.attacks.common import frozen_eval  # noqa: E402
 from dlcli.runs import load_classifier, load_split  # noqa: E402
 from dlcli.runtime import Runtime, device_name, resolve_device  # noqa: E402
 
 
 def valid_stats(model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Fooling rate and ρ (ℓ2) of the adversarial images ``adv`` over the correctly classified images."""
-    with torch.no_grad():
+    with torch.no_grad(), frozen_eval(model):  # in float32, as the attack decided (TF32 off)
         clean = torch.cat([model(c).argmax(1) for c in x.split(1024)])
         pred = torch.cat([model(c).argmax(1) for c in adv.split(1024)])
     ok = clean == y

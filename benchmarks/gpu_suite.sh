@@ -100,16 +100,16 @@ step() {
   summarize
 }
 
-summarize() {  # lanes run in parallel: one summary at a time
+summarize() {  # lanes run in parallel: one summary at a time. `summarize final` also imports torch (versions, GPU)
   if command -v flock > /dev/null; then
-    ( flock 9; summarize_now ) 9> "$WORK/summary.lock"
+    ( flock 9; summarize_now "${1:-}" ) 9> "$WORK/summary.lock"
   else
-    summarize_now
+    summarize_now "${1:-}"
   fi
 }
 
 summarize_now() {
-  "$PY" - "$STEPS" "$OUT_DIR" "$PART" "$DRY" "$DEV" "$(( $(date +%s) - SUITE_T0 ))" <<'PYEOF'
+  "$PY" - "$STEPS" "$OUT_DIR" "$PART" "$DRY" "$DEV" "$(( $(date +%s) - SUITE_T0 ))" "${1:-}" <<'PYEOF'
 """Turn steps.jsonl and each step's stdout into results.md (a table) and results.json (every figure)."""
 import datetime as dt
 import json
@@ -120,7 +120,7 @@ import statistics
 import subprocess
 import sys
 
-steps_file, out_dir, part, dry, dev, elapsed = sys.argv[1:7]
+steps_file, out_dir, part, dry, dev, elapsed, final = sys.argv[1:8]
 steps = [json.loads(line) for line in open(steps_file, encoding="utf-8") if line.strip()]
 
 
@@ -206,6 +206,14 @@ def headline(s, data):
         base = med.get("baseline")
         return "; ".join(f"{k} {v:,.0f} img/s" + (f" ({v / base:.2f}x)" if base and k != "baseline" else "")
                          for k, v in med.items())
+    if isinstance(data, dict) and "tta_mean" in data:
+        return (f"{data['script']} on the JPEG copy, {len(data['runs'])} runs: {data['tta_mean']:.2%} ± {data['tta_std']:.2%} "
+                f"with its TTA, {data['plain_mean']:.2%} without; published {data.get('published_mean', float('nan')):.2%} "
+                f"on the original (handicap {data.get('handicap_points')} points); {data['timed_s_median']} s/run")
+    if isinstance(data, dict) and isinstance(data.get("time_to_fld"), dict):
+        t = data["time_to_fld"]
+        return ("FLD per epoch " + ", ".join(f"{e['fld']:.2f}@{e['train_s']:.0f}s" for e in t.get("epochs", []))
+                + "; reached " + json.dumps(t.get("reached")))
     found = {}
     def scan(d):
         if isinstance(d, dict):
@@ -228,7 +236,7 @@ rows, details = [], []
 for s in steps:
     data = stdout_json(s) if s.get("status") != "skipped" else None
     fig = headline(s, data) if s.get("status") in ("ok", "timeout", "failed") else ""
-    if s.get("status") == "timeout" and s["name"].startswith("cifar_") and "time_to_target_s" not in json.dumps(data):
+    if s.get("status") == "timeout" and "cifar_" in s["name"] and "time_to_target_s" not in json.dumps(data):
         m = re.search(r"--progress (\S+)", s.get("command", ""))
         prog = m.group(1) if m else os.path.join(os.path.dirname(s["stdout"]), "..", "progress.jsonl")
         try:
@@ -244,16 +252,25 @@ for s in steps:
     rows.append((s["name"], s["status"], s.get("seconds", 0), fig))
     details.append({**s, "data": data})
 
-import torch  # noqa: E402  (after the cheap parts, so a broken torch still leaves the table above)
-
 env = {"date": dt.datetime.now().isoformat(timespec="seconds"), "part": part, "dry": dry == "1", "device": dev,
-       "gpu": gpu_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+       "gpu": gpu_name(), "torch": None, "cuda": None,
        "python": platform.python_version(), "host_cpus": os.cpu_count(), "elapsed_s": int(elapsed),
        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-if dev == "cuda" and torch.cuda.is_available():
-    env["gpu_torch_name"] = torch.cuda.get_device_name(0)
+if final == "final":  # torch takes seconds to import: once, at the end (after the cheap parts, so a broken
+    import torch  # torch still leaves the table above)
+
+    env["torch"], env["cuda"] = torch.__version__, torch.version.cuda
+    if dev == "cuda" and torch.cuda.is_available():
+        env["gpu_torch_name"] = torch.cuda.get_device_name(0)
+else:  # the summaries after each step: the version from the package metadata
+    from importlib import metadata
+
+    try:
+        env["torch"] = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        pass
 lines = [f"# dlcli GPU suite: part {part}{' (DRY RUN on the CPU: figures are not results)' if dry == '1' else ''}",
-         "", f"{env.get('gpu_torch_name') or env['gpu'] or 'no GPU'}; torch {env['torch']} (CUDA {env['cuda']}), "
+         "", f"{env.get('gpu_torch_name') or env['gpu'] or 'no GPU'}; torch {env['torch']}" + (f" (CUDA {env['cuda']})" if env["cuda"] else "") + ", "
          f"Python {env['python']}, {env['host_cpus']} CPUs; {env['date']}; suite time {env['elapsed_s']} s.", "",
          "| step | status | seconds | figure |", "|---|---|---:|---|"]
 lines += [f"| {n} | {st} | {sec} | {fig} |" for n, st, sec, fig in rows]
@@ -267,21 +284,21 @@ PYEOF
 # A CIFAR-shaped folder of 200 generated 32x32 JPEGs (10 classes x 16 train + 4 test) for --dry.
 make_mini_cifar() {
   "$PY" - "$1" <<'PYEOF'
+import random
 import sys
 from pathlib import Path
 
-import torch
-from torchvision.io import encode_jpeg, write_file
+from PIL import Image  # (torchvision's dependency; no torch import: this is CI's dry run)
 
 root = Path(sys.argv[1]) / "cifar10-jpg"
-g = torch.Generator().manual_seed(0)
+rng = random.Random(0)
 for split, n in (("train", 16), ("test", 4)):
     for c in range(10):
         d = root / split / f"class{c}"
         d.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img = (torch.rand(3, 32, 32, generator=g) * 64 + c * 19).to(torch.uint8)  # class-dependent brightness
-            write_file(str(d / f"{i:04d}.jpg"), encode_jpeg(img))
+        for i in range(n):  # class-dependent brightness
+            pixels = bytes(int(rng.random() * 64) + c * 19 for _ in range(32 * 32 * 3))
+            Image.frombytes("RGB", (32, 32), pixels).save(d / f"{i:04d}.jpg", quality=75)
 PYEOF
 }
 
@@ -393,7 +410,8 @@ run_precision() {
 # they measure, their times are not solo figures. Measured on an H200 (2026-11-26): with all six lanes, each
 # CIFAR lane ran 2.6x slower than alone (resnet20: 9 s/epoch against 3.5), so the GPU did about 2.3x the work
 # of one process, but no 60-epoch recipe finished in a 280 s lane. Choose fewer lanes with LANES (a space-
-# separated subset of: cifar_a cifar_a32 cifar_b cifar_c cifar_d rl gan; default all but cifar_a32) and a longer LANE_BUDGET. Solo, before the lanes:
+# separated subset of: cifar_a cifar_a32 cifar_b cifar_c cifar_d rl gan airbench; default all but cifar_a32 and
+# airbench) and a longer LANE_BUDGET. Solo, before the lanes:
 # resnet18-cifar10's time to 94% (its whole 60-epoch recipe, bf16). Solo, after them: DCGAN against
 # pytorch/examples (when EXAMPLES_DCGAN names its main.py) and dlcli vs a bare loop for resnet18-cifar10.
 #   lane cifar_a:  alexnet-cifar10's whole recipe (bf16), then again in fp32 (same seed, same epochs)
@@ -404,13 +422,18 @@ run_precision() {
 #   lane rl:       dqn-pong for a fixed budget of DQN_STEPS (120,000) environment steps: steps/s and the score
 #   lane gan:      gan-mnist for GAN_SECONDS (Ctrl-C then), then `dlcli eval` (Parzen, Fréchet LeNet distance
 #                  with the LeNet of FEATURES, class coverage)
+#   lane airbench: the JPEG copy's handicap: airbench (Jordan 2024; 94.01% / 96.03% on the original CIFAR-10)
+#                  trained on the images dlcli trains on, AIRBENCH_RUNS (5) runs of AIRBENCH_DIR/airbench94.py,
+#                  then 2 of airbench96.py when it is there (benchmarks/airbench_on_jpeg.py; CUDA only)
 # Each lane has its own budget (LANE_BUDGET seconds, default 300), every step of a lane up to all of it; the
 # solo steps after the lanes have TAIL_BUDGET (default a third of LANE_BUDGET).
 # SOLO=0 skips the solo resnet18 run; DQN_LEARNING_STARTS moves the rl lane's switch from acting to learning
 # (default: the recipe's 80,000); TAIL (default "dcgan throughput") picks the solo steps after the lanes from:
 # dcgan, throughput, deepfool (DeepFool images/s on lenet-modern: box with and without refinement, the paper's
 # iteration, torchattacks; RUNS_FROM=DIR takes DIR/lenet-modern instead of training it), deepfool_cifar (the
-# same on resnet20-cifar10: DIR/resnet20-cifar10, else the cifar_b lane's run, else one trained here), resnet50_compile (`dlcli bench resnet50` bf16, channels-last, --compile).
+# same on resnet20-cifar10: DIR/resnet20-cifar10, else the cifar_b lane's run, else one trained here), resnet50_compile (`dlcli bench resnet50` bf16, channels-last, --compile),
+# dcgan_fld (dcgan-mnist's whole recipe, FLD after every epoch: the wall time to FLD <= 10, 5, 2, 1 and the
+# final sample quality; the LeNet of FEATURES, else one trained first).
 # The runs' small files come back in
 # OUT/runs.tar.gz (checkpoints under 8 MB, summaries, metric logs) for attacks and evaluation elsewhere,
 # and the long GAN run's samples in OUT/gan-mnist-samples.png.
@@ -475,6 +498,18 @@ run_lanes() {
     step lane_rl_dqn_pong "$lane_budget" "$PY" benchmarks/dqn_atari_speed.py --device "$DEV" --steps "$dqn_steps" \
       "${dqn_args[@]}" --json
   ) & pids+=($!)
+  want airbench && [ "$DRY" != 1 ] && (
+    PART_T0=$(date +%s); BUDGET=$lane_budget
+    local ab="${AIRBENCH_DIR:-}"
+    if [ -f "$ab/airbench94.py" ]; then
+      step lane_airbench94 "$lane_budget" "$PY" benchmarks/airbench_on_jpeg.py --airbench "$ab/airbench94.py" \
+        --data-dir "${DLCLI_DATA:-.}" --runs "${AIRBENCH_RUNS:-5}" --json-out "$WORK/logs/lane_airbench94.out.json"
+      [ -f "$ab/airbench96.py" ] && step lane_airbench96 "$lane_budget" "$PY" benchmarks/airbench_on_jpeg.py \
+        --airbench "$ab/airbench96.py" --data-dir "${DLCLI_DATA:-.}" --runs 2 --json-out "$WORK/logs/lane_airbench96.out.json"
+    else
+      echo "[gpu_suite] lane airbench: AIRBENCH_DIR/airbench94.py not found, skipped" >&2
+    fi
+  ) & pids+=($!)
   want gan && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
     local run="$WORK/gan-mnist-run" feats=()
@@ -497,6 +532,21 @@ run_lanes() {
     --recipe resnet18-cifar10 --device "$DEV" --json "${data_args[@]}" "${thr[@]}"
   [[ "$tail" == *" deepfool "* ]] && run_attack lenet-modern mnist
   [[ "$tail" == *" deepfool_cifar "* ]] && run_attack resnet20-cifar10 cifar
+  if [[ "$tail" == *" dcgan_fld "* ]]; then
+    local fld_feats=() fld_sets=(--fld-epochs 5)
+    [ -n "${FEATURES:-}" ] && fld_feats=(--features "$FEATURES")
+    [ "$DRY" = 1 ] && fld_sets=(--fld-epochs 1 --set data.args.train_size=128 --set task_args.eval_samples=100)
+    step dcgan_time_to_fld 150 "$PY" benchmarks/gan_dcgan_vs_examples.py --skip-throughput "${fld_sets[@]}" \
+      --fld-targets 10 5 2 1 "${fld_feats[@]}" --device "$DEV" --data-dir "${DLCLI_DATA:-.}" \
+      --json-out "$WORK/logs/dcgan_time_to_fld.out.json"
+    "$PY" - "$WORK/logs/dcgan_time_to_fld.out.json" "$OUT_DIR/dcgan-mnist-samples.png" <<'PYEOF' || true
+import glob, json, shutil, sys  # the last sample grid of that run, to look at
+run = json.load(open(sys.argv[1]))["time_to_fld"]["run_dir"]
+grids = sorted(glob.glob(run + "/samples/*.png"))
+if grids:
+    shutil.copy(grids[-1], sys.argv[2])
+PYEOF
+  fi
   [[ "$tail" == *" resnet50_compile "* ]] && [ "$DRY" != 1 ] && step bench_resnet50_bf16_cl_compile 150 "$PY" -m dlcli \
     bench resnet50 --device cuda --mode train --precision bf16 --channels-last --compile --batch-size 256 --json
   # The runs' small files, for evaluation and attacks on another machine
@@ -512,7 +562,7 @@ case "$PART" in
   all) run_mnist; CIFAR_SET=1 run_cifar; CIFAR_SET=2 run_cifar ;;
   precision) run_precision ;;
 esac
-summarize
+summarize final
 echo
 cat "$OUT_DIR/results.md"
 # Exit 0 when every step that ran finished (skips are reported, not failures).

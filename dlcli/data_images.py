@@ -205,6 +205,15 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, of the training pixels i
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+def _jpeg_note(index: FolderIndex) -> list[str]:
+    """A note when the CIFAR-10 files are JPEGs: their accuracies are not the literature's (measured cost)."""
+    if not index.files or not str(index.files[0]).lower().endswith((".jpg", ".jpeg")):
+        return []
+    return [("CIFAR-10 read from JPEG files, not the original pixels: on the quality-75 copy airbench loses about 3 "
+             "points of test accuracy (benchmarks/RESULTS.md), so the papers' accuracies are about that much higher "
+             "than what a run on this copy reaches")]
+
+
 @register_dataset("cifar10", summary="real: CIFAR-10, 50k + 10k, 32x32 colour (image folders of JPEGs)")
 def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | None = None,
             test_size: int | None = None, folder: str = "cifar10-jpg", cache: bool = True) -> DataBundle:
@@ -229,7 +238,7 @@ def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | No
         if index.skipped:
             raise DlcliError(f"{len(index.skipped)} empty image file(s) in {index.root}, e.g. {index.skipped[0]}; "
                              "replace them with the real images")
-    notes = []
+    notes = _jpeg_note(train_index)
     key = _listing_key([train_index, test_index]) if cache else ""
     path = cache_dir() / f"cifar10-{key}.pt"
     cached = _load_cache(path) if cache else None
@@ -307,7 +316,7 @@ def _cifar10_subset(train_index: FolderIndex, test_index: FolderIndex, seed: int
             f"{time.perf_counter() - t0:.1f} s")
     return DataBundle("images", train, val if val_size else None, test, num_classes=len(train_index.classes),
                       class_names=list(train_index.classes), input_shape=(3, 32, 32), mean=CIFAR10_MEAN,
-                      std=CIFAR10_STD, extra={"notes": [note]})
+                      std=CIFAR10_STD, extra={"notes": [note, *_jpeg_note(train_index)]})
 
 
 # ---------------------------------------------------------------------------------- ImageFolder trees

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dlcli.attacks import box_step, deepfool, free_step
-from dlcli.attacks.linear_step import UNREACHABLE
+from dlcli.attacks.linear_step import UNREACHABLE, smallest_step
 
 # ----------------------------------------------------------------------------------- the box-constrained step
 
@@ -82,6 +82,32 @@ def test_an_unreachable_boundary_ranks_last_and_moves_every_pixel_to_its_bound()
     assert key[0] >= UNREACHABLE and key[1] < 1
     assert torch.allclose(r[0], torch.tensor([0.1, -0.1, 0.5]))
     assert torch.allclose((w[1] * r[1]).sum(), torch.tensor(0.3))
+
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_smallest_step_is_the_argmin_of_every_candidates_box_step(norm):
+    """Solving only the candidates whose lower bound can win gives the same step and key as solving all."""
+    g = torch.Generator().manual_seed(2)
+    n, a, d = 7, 40, 60
+    x = torch.rand(a, d, generator=g)
+    x[:, :30] = torch.where(torch.rand(a, 30, generator=g) < 0.5, 0.0, 1.0)
+    lo, hi = -x, 1 - x
+    w = torch.randn(n, a, d, generator=g)
+    f_abs = torch.rand(n, a, generator=g) * 10 ** (3 * torch.rand(n, a, generator=g) - 2)  # 0.01 to 10
+    f_abs[:, :5] = 1e4  # images whose candidates are all unreachable
+    w[3, 5:10], f_abs[3, 5:10] = w[1, 5:10], f_abs[1, 5:10]  # exact ties: the first candidate wins
+    # Candidate 0 of images 10-29 looks closest unconstrained (large gradient) but the box blocks most of it:
+    # its gradient pushes the saturated pixels outwards, so the smallest lower bound is not the winner.
+    w[0, 10:30, :30] = 50 * torch.where(x[10:30, :30] > 0.5, 1.0, -1.0)
+    r, key = box_step(w, f_abs, lo, hi, norm, step_eps=1e-4)  # (n, a, D), (n, a): every candidate
+    best = key.argmin(dim=0)
+    r_s, key_s = smallest_step(w, f_abs, norm, 1e-4, (lo, hi))
+    assert torch.equal(key_s, key[best, torch.arange(a)])
+    assert torch.equal(r_s, r[best, torch.arange(a)])
+    assert (key_s[:5] >= UNREACHABLE).all() and (key_s[5:] < UNREACHABLE).all()
+    bound = f_abs / (w.norm(dim=2) if norm == "2" else w.abs().sum(dim=2))
+    assert (best != bound.argmin(dim=0)).sum() >= 5  # the pruning had candidates to solve beyond the first
 
 
 # --------------------------------------------------------------------- the paper's iteration, one image at a time

@@ -167,6 +167,7 @@ def test_cifar10_source_decodes_splits_and_caches(mini_cifar, tmp_path):
     assert len(b.val) == 20 and len(b.test) == 40 and b.num_classes == 10 and b.class_names[0] == "c0"
     assert sorted(torch.bincount(torch.cat([b.train.y, b.val.y])).tolist()) == [12] * 10
     assert any("decoded" in n for n in b.extra["notes"])
+    assert any("JPEG files, not the original pixels" in n for n in b.extra["notes"])  # the accuracies' caveat
     cached = list((tmp_path / "cache").glob("cifar10-*.pt"))
     assert len(cached) == 1  # written once, atomically (no temporary file left behind)
     again = load_data("cifar10", {"val_size": 20}, mini_cifar, seed=0)

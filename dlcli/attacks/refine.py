@@ -77,18 +77,25 @@ def _flip_fraction(model: nn.Module, x0: Tensor, d: Tensor, clean: Tensor, g_lo:
 
 
 def _recross(model: nn.Module, z: Tensor, target: Tensor, clean: Tensor, norm: str, scale: float,
-             step_eps: float, max_steps: int) -> tuple[Tensor, Tensor]:
+             step_eps: float, max_steps: int) -> tuple[Tensor, Tensor, Tensor]:
     """Box-constrained DeepFool steps from ``z`` towards ``target`` only, until the label leaves ``clean``;
-    only the images not yet across take part in each step. The last step is not checked here (the caller's
-    forward pass does). Returns (z, vector-Jacobian products per image)."""
+    only the images not yet across take part in each step. Returns (z, its logits (a, K), vector-Jacobian
+    products per image); the logits come from the forward pass that checked each image's last z, and only
+    images still stepping after ``max_steps`` take one more (without autograd)."""
     z = z.detach().clone()
     evals = torch.zeros(len(z), dtype=torch.long, device=z.device)
-    idx = torch.arange(len(z), device=z.device)  # the images not known to be across
+    logits_z: Tensor | None = None
+    idx = torch.arange(len(z), device=z.device)  # the images whose z has not been classified yet
     for _ in range(max_steps):
         zi = z[idx].requires_grad_(True)
         logits = model(zi)  # one pass both checks the label and gives the gradient
+        if logits_z is None:
+            logits_z = logits.detach().clone()  # the first pass covers every image
+        else:
+            logits_z[idx] = logits.detach()
         running = logits.argmax(dim=1) == clean[idx]
         if not bool(running.any()):
+            idx = idx[:0]
             break
         margin = _margin(logits, target[idx], clean[idx])
         (w,) = torch.autograd.grad((margin * running).sum(), zi)
@@ -97,7 +104,12 @@ def _recross(model: nn.Module, z: Tensor, target: Tensor, clean: Tensor, norm: s
         r, _ = box_step(w.flatten(1), margin.abs(), -flat / scale, (1.0 - flat) / scale, norm, step_eps)
         z[idx] = (z[idx] + scale * r.view_as(w)).clamp(0.0, 1.0)
         evals[idx] += 1
-    return z, evals
+    with torch.no_grad():
+        if logits_z is None:
+            logits_z = model(z)
+        elif idx.numel():
+            logits_z[idx] = model(z[idx])
+    return z, logits_z, evals
 
 
 def refine(model: nn.Module, x0: Tensor, adv: Tensor, clean: Tensor, clean_logits: Tensor, adv_pred: Tensor, *,
@@ -127,11 +139,10 @@ def refine(model: nn.Module, x0: Tensor, adv: Tensor, clean: Tensor, clean_logit
         w = w.flatten(1)
         c = ((w * (best - x0).flatten(1)).sum(dim=1) - margin.detach()).clamp_min(0.0)
         r, _ = box_step(w, c, -flat0, 1.0 - flat0, norm, step_eps)
-        cand, recross_evals = _recross(model, (x0 + r.view_as(x0)).clamp(0.0, 1.0), target, clean, norm, scale,
-                                       step_eps, max_recross)
+        cand, logits_c, recross_evals = _recross(model, (x0 + r.view_as(x0)).clamp(0.0, 1.0), target, clean, norm,
+                                                 scale, step_eps, max_recross)
         evals += 1 + recross_evals
         with torch.no_grad():
-            logits_c = model(cand)
             gap_c = _gap(logits_c, clean)
             d = cand - x0
             t = _flip_fraction(model, x0, d, clean, gap0, gap_c, flip_steps)
