@@ -160,7 +160,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     pub = res.get("published_note", "-")
     cost = f"{res['handicap_points']:+.2f} points" if "handicap_points" in res else "-"
-    print(f"| {args.runs} | {res['tta_mean']:.2%} ± {res['tta_std']:.2%} | {res['plain_mean']:.2%} ± {res['plain_std']:.2%} "
+    plain = "-" if res["plain_mean"] is None else f"{res['plain_mean']:.2%} ± {res['plain_std']:.2%}"
+    print(f"| {args.runs} | {res['tta_mean']:.2%} ± {res['tta_std']:.2%} | {plain} "
           f"| {pub} | {cost} | {res['timed_s_median']} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=1))

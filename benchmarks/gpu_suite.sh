@@ -208,7 +208,7 @@ def headline(s, data):
                          for k, v in med.items())
     if isinstance(data, dict) and "tta_mean" in data:
         return (f"{data['script']} on the JPEG copy, {len(data['runs'])} runs: {data['tta_mean']:.2%} ± {data['tta_std']:.2%} "
-                f"with its TTA, {data['plain_mean']:.2%} without; published {data.get('published_mean', float('nan')):.2%} "
+                f"with its TTA, {data['plain_mean'] or float('nan'):.2%} without; published {data.get('published_mean', float('nan')):.2%} "
                 f"on the original (handicap {data.get('handicap_points')} points); {data['timed_s_median']} s/run")
     if isinstance(data, dict) and isinstance(data.get("time_to_fld"), dict):
         t = data["time_to_fld"]
@@ -500,12 +500,13 @@ run_lanes() {
   ) & pids+=($!)
   want airbench && [ "$DRY" != 1 ] && (
     PART_T0=$(date +%s); BUDGET=$lane_budget
-    local ab="${AIRBENCH_DIR:-}"
+    local ab="${AIRBENCH_DIR:-}" script runs
     if [ -f "$ab/airbench94.py" ]; then
-      step lane_airbench94 "$lane_budget" "$PY" benchmarks/airbench_on_jpeg.py --airbench "$ab/airbench94.py" \
-        --data-dir "${DLCLI_DATA:-.}" --runs "${AIRBENCH_RUNS:-5}" --json-out "$WORK/logs/lane_airbench94.out.json"
-      [ -f "$ab/airbench96.py" ] && step lane_airbench96 "$lane_budget" "$PY" benchmarks/airbench_on_jpeg.py \
-        --airbench "$ab/airbench96.py" --data-dir "${DLCLI_DATA:-.}" --runs 2 --json-out "$WORK/logs/lane_airbench96.out.json"
+      for script_runs in "airbench94:${AIRBENCH_RUNS:-5}" airbench96:2; do  # script:runs; airbench96 when present
+        script="${script_runs%%:*}" runs="${script_runs##*:}"
+        [ -f "$ab/$script.py" ] && step "lane_$script" "$lane_budget" "$PY" benchmarks/airbench_on_jpeg.py \
+          --airbench "$ab/$script.py" --data-dir "${DLCLI_DATA:-.}" --runs "$runs" --json-out "$WORK/logs/lane_$script.out.json"
+      done
     else
       echo "[gpu_suite] lane airbench: AIRBENCH_DIR/airbench94.py not found, skipped" >&2
     fi

@@ -242,16 +242,16 @@ def _deepfool_chunk(
     r_hat = torch.where(keep, r_tot * scale, torch.zeros_like(r_tot))
     # The iterate as _iterate built it (box mode: already valid; the clamp only removes rounding).
     adversarial = (x0 + r_hat).clamp(0.0, 1.0)
-    # The written images are classified again, in one pass over the chunk, in every mode: in box and step
-    # modes ``adversarial`` is the iterate the loop classified last, but in a smaller batch, and a verdict a
-    # hair from the boundary must hold in the batch a user evaluates it in, not only in the loop's (2-3% of
-    # the CPU time; on a GPU with TF32, a re-evaluation disagreed with the attack on 0.7% of a ResNet-20's images).
+    if refine:  # box or step mode (resolve_refine refuses it with "none"): ``adversarial`` is the loop's last
+        # iterate, labelled ``adv_pred``; both are shrunk / relabelled in place
+        grad_evals = grad_evals + _refine_chunk(model, x0, logits0, adversarial, adv_pred, clean, attacked,
+                                                norm, overshoot, step_eps, refine)
+    # The images written, after any projection, are classified again in one pass over the chunk, in every mode:
+    # the loop and the projection judged them in smaller batches, and a verdict a hair from the boundary must
+    # hold in the batch a user evaluates it in too (2-3% of the CPU time; on a GPU with TF32, a re-evaluation
+    # disagreed with the attack on 0.7% of a ResNet-20's images).
     with torch.no_grad():
         adv_pred_clipped = torch.where(attacked, model(adversarial).argmax(dim=1), clean)
-    if refine:  # box or step mode (resolve_refine refuses it with "none"); shrinks ``adversarial`` in place
-        grad_evals = grad_evals + _refine_chunk(model, x0, logits0, adversarial, adv_pred_clipped, clean, attacked,
-                                                norm, overshoot, step_eps, refine)
-        adv_pred = torch.where(attacked, adv_pred_clipped, adv_pred)
     if clip != "none":
         r_hat = adversarial - x0  # the perturbation the valid image carries, exactly
     return {
