@@ -59,8 +59,13 @@ def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime, batch_size: int
     out = []
     for i in range(0, len(x), batch_size):
         xb = runtime.to_input(images_to_float(x[i:i + batch_size].to(runtime.device)))
+        runtime.mark_step()  # CUDA graphs: each batch is a replay of its own (no backward marks it)
         with runtime.autocast():
-            out.append(model(xb).float())
+            raw = model(xb)
+        logits = raw.float()
+        # Compiled with CUDA graphs (compile: reduce-overhead), the next replay writes its output where this
+        # one is: keep a copy (``.float()`` made one from bf16 logits; from float32 ones it returns them)
+        out.append(logits.clone() if runtime.cuda_graphs and logits is raw else logits)
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -12,6 +12,40 @@ import torch.nn.functional as F
 from dlcli.tasks.classify_eval import classification_metrics, confusion_matrix, worst_mistakes
 
 
+# ------------------------------------------------------------------------------- predict under CUDA graphs
+
+
+class _ReplayedGraph(torch.nn.Module):
+    """What a model compiled with CUDA graphs returns: every call writes its logits into the same memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(12, 3)
+        self.register_buffer("static_out", torch.zeros(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.static_out[:len(x)]
+        out.copy_(self.linear(x.flatten(1)))
+        return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_predict_keeps_every_batch_when_the_model_replays_cuda_graphs(precision):
+    """``compile: reduce-overhead`` replays a CUDA graph whose output memory the next replay overwrites:
+    predict's logits must still be each batch's own (checked against one sample at a time, no graphs)."""
+    from dlcli.classifier import predict
+    from dlcli.runtime import Runtime
+
+    torch.manual_seed(0)
+    model, x = _ReplayedGraph(), torch.randint(0, 256, (10, 3, 2, 2), dtype=torch.uint8)
+    rt = Runtime.create("cpu", precision, compile="reduce-overhead")  # graphs only on CUDA; the mode is what counts
+    assert rt.cuda_graphs
+    got = predict(model, x, rt, batch_size=4)
+    with rt.autocast():
+        one_by_one = torch.cat([model.linear(x[i:i + 1].float().div(255).flatten(1)).float() for i in range(10)])
+    torch.testing.assert_close(got, one_by_one)
+
+
 # ------------------------------------------------------------------------------- metrics, known answers
 
 

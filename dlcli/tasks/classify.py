@@ -126,6 +126,7 @@ class ClassifyTask(Task):
                    else self.batches.epoch(epoch, start_step))
         for xb, yb, n_global in batches:
             x = rt.to_input(xb)
+            rt.mark_step()  # compiled with CUDA graphs: a new iteration (the last one's outputs are spent)
             with rt.autocast():
                 logits = self.model(x)
                 # summed here, divided by the global batch: N processes (DDP averages over them) step exactly
