@@ -1,0 +1,55 @@
+"""benchmarks/precision_twins.py: the gaps between training curves, checked against values worked out by hand,
+from each of the three files it reads (a time-to-accuracy result, a progress file, gpu_suite's results.json)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("precision_twins", ROOT / "benchmarks" / "precision_twins.py")
+twins = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(twins)
+
+
+def _rows(accs):
+    return [{"recipe": "r", "epoch": i + 1, "test_accuracy": a, "train_accuracy": 0.5} for i, a in enumerate(accs)]
+
+
+def test_gaps_from_the_three_sources(tmp_path, capsys):
+    ref = tmp_path / "bf16.json"  # a result of cifar_time_to_accuracy.py --json, indented like the script's
+    ref.write_text(json.dumps({"recipe": "r", "history": _rows([0.50, 0.60, 0.70, 0.80])}, indent=2))
+    prog = tmp_path / "fp32.progress.jsonl"  # cut after 3 epochs
+    prog.write_text("".join(json.dumps(r) + "\n" for r in _rows([0.52, 0.55, 0.71])))
+    suite = tmp_path / "results.json"
+    suite.write_text(json.dumps({"steps": [{"name": "other", "data": None},
+                                           {"name": "tta", "data": {"history": _rows([0.5, 0.6, 0.7, 0.9])}}]}))
+    res = twins.compare({"bf16": twins.load_curve(str(ref)), "fp32": twins.load_curve(str(prog)),
+                         "suite": twins.load_curve(f"{suite}#tta")})
+    fp32 = res["runs"]["fp32"]
+    # gaps to bf16 over epochs 1..3: +0.02, -0.05, +0.01
+    assert fp32["common_epochs"] == 3 and fp32["last_common_epoch"] == 3
+    assert fp32["gap_at_last"] == pytest.approx(0.01)
+    assert fp32["max_abs_gap"] == pytest.approx(0.05) and fp32["max_gap_epoch"] == 2
+    assert fp32["mean_abs_gap"] == pytest.approx(0.08 / 3)
+    assert res["runs"]["suite"]["gap_at_last"] == pytest.approx(0.10)
+    assert res["runs"]["suite"]["max_gap_epoch"] == 4
+    assert "gap_at_last" not in res["runs"]["bf16"] and res["runs"]["bf16"]["last_test_accuracy"] == 0.80
+
+    twins.main([f"bf16={ref}", f"fp32={prog}", "--every", "2"])
+    out = capsys.readouterr().out
+    assert "| 4 | 80.00% |  |" in out  # epoch 4: the cut run has no entry
+    assert "-5.00" not in out and "+1.00 points at epoch 3" in out
+
+
+def test_a_single_line_progress_file_and_a_missing_step(tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(_rows([0.3])[0]) + "\n")
+    assert twins.load_curve(str(one))[1]["test_accuracy"] == 0.3
+    suite = tmp_path / "results.json"
+    suite.write_text(json.dumps({"steps": [{"name": "tta", "data": None}]}))
+    with pytest.raises(SystemExit, match="no step 'nope'"):
+        twins.load_curve(f"{suite}#nope")
