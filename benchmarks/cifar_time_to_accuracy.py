@@ -3,7 +3,8 @@
 Runs ``dlcli train RECIPE`` in this process (the trainer the CLI calls) with the test split scored after
 every epoch (``task_args.eval_test_every_epoch``: the test split chooses nothing, best.pt is still picked on
 validation), and reports for every epoch the wall time and the test accuracy, the first epoch that reaches
-``--target``, and the recipe's own expectation checked on its final (best-on-validation) model.
+``--target`` (by default the accuracy the recipe itself expects), and the recipe's own expectation checked on
+its final (best-on-validation) model.
 
 Two clocks: ``total`` starts before the data is opened (CIFAR-10 is read from dlcli's decoded cache after
 the first run) and the model is built; ``train`` starts at the first training step. On an accelerator, a
@@ -15,7 +16,7 @@ a timeout still leaves its curve.
 
 Usage:
     DLCLI_DATA=../shared/data python benchmarks/cifar_time_to_accuracy.py --recipe resnet18-cifar10 \
-        --target 0.94 --device cuda --json
+        --device cuda --json                                  # time to the recipe's 94%
     python benchmarks/cifar_time_to_accuracy.py --recipe resnet20-cifar10 --device cpu \
         --set data.args.train_size=5000 --set epochs=2        # the CPU per-epoch table, on a subset
 """
@@ -40,8 +41,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(recipe_name: str, target: float, device: str, sets: list[str], warmup_steps: int, out: str | None,
-        progress: str | None, data_dir: str | None) -> dict[str, Any]:
+def recipe_target(expect: dict[str, str]) -> float | None:
+    """The test accuracy a recipe promises (its ``expect.test_accuracy: ">= X"``), or None."""
+    from dlcli.config import parse_expectation
+
+    text = expect.get("test_accuracy")
+    return parse_expectation(text)[1] if text is not None else None
+
+
+def run(recipe_name: str, target: float | None, device: str, sets: list[str], warmup_steps: int,
+        out: str | None, progress: str | None, data_dir: str | None) -> dict[str, Any]:
     import torch
 
     from dlcli.config import apply_overrides, load_recipe, parse_set
@@ -51,6 +60,10 @@ def run(recipe_name: str, target: float, device: str, sets: list[str], warmup_st
     overrides: dict[str, Any] = {"task_args.eval_test_every_epoch": True, "device": device}
     overrides.update(dict(map(parse_set, sets)))
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
+    if target is None:
+        target = recipe_target(recipe.expect)
+        if target is None:
+            raise SystemExit(f"{recipe.name} expects no test accuracy: give one with --target")
     warm_s = None
     if warmup_steps > 0 and not device.startswith("cpu"):
         t = time.perf_counter()
@@ -136,7 +149,8 @@ def markdown(r: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="resnet18-cifar10")
-    p.add_argument("--target", type=float, default=0.94, help="test accuracy to time (a fraction)")
+    p.add_argument("--target", type=float, help="test accuracy to time, a fraction (default: the recipe's own "
+                   "expect.test_accuracy, e.g. 0.9125 for resnet20-cifar10)")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     p.add_argument("--warmup-steps", type=int, default=20, help="untimed warm-up steps on an accelerator")

@@ -30,6 +30,7 @@ def test_gpu_suite_dry_lane_writes_results(tmp_path):
     data = steps[0]["data"]
     assert steps[0]["status"] == "ok" and data["recipe"] == "resnet20-cifar10" and data["precision"] == "fp32"
     assert len(data["history"]) == 1  # one epoch, its test accuracy measured
+    assert data["target"] == 0.9125  # no --target given: the recipe's own expectation (the paper's 8.75% error)
     table = (out / "results.md").read_text()
     assert "DRY RUN" in table and "| lane_cifar_d_resnet20_fp32 | ok |" in table
     assert "s/epoch; final " in table  # the step's figure reached the table

@@ -1,5 +1,6 @@
-"""benchmarks/precision_twins.py: the gaps between training curves, checked against values worked out by hand,
-from each of the three files it reads (a time-to-accuracy result, a progress file, gpu_suite's results.json)."""
+"""Small benchmark scripts, checked without training: benchmarks/precision_twins.py's gaps between training curves
+(against values worked out by hand, from each of the three files it reads), and the target that
+benchmarks/cifar_time_to_accuracy.py times by default (the recipe's own expectation)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,14 @@ def test_a_single_line_progress_file_and_a_missing_step(tmp_path):
     suite.write_text(json.dumps({"steps": [{"name": "tta", "data": None}]}))
     with pytest.raises(SystemExit, match="no step 'nope'"):
         twins.load_curve(f"{suite}#nope")
+
+
+def test_time_to_accuracy_targets_the_recipes_own_expectation():
+    spec = importlib.util.spec_from_file_location("tta", ROOT / "benchmarks" / "cifar_time_to_accuracy.py")
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    from dlcli.config import load_recipe
+
+    assert tta.recipe_target(load_recipe("resnet56-cifar10").expect) == 0.9303  # the paper's 6.97% error
+    assert tta.recipe_target(load_recipe("alexnet-cifar10").expect) == 0.86
+    assert tta.recipe_target(load_recipe("resnet50-imagefolder").expect) is None  # your data: no promise
