@@ -7,17 +7,22 @@ one-cycle schedule, label smoothing). The bare loop is what a user would write b
 ``dlcli.train.train`` with the recipe, i.e. everything ``dlcli train`` does per step (trainer, callbacks,
 running loss and accuracy sums on the device, the stop flag). Images/s are timed over ``--steps`` steps after
 ``--warmup`` untimed ones (synchronised on CUDA); the pair runs ``--repeats`` times in alternating order in
-one process and the medians are reported. The target is a ratio dlcli / bare >= 1.0.
+one process and the medians are reported. The target is a ratio dlcli / bare >= 1.0. ``--ops`` also counts
+the ATen calls each loop makes per step (torch.profiler): the host work that a launch-bound GPU step waits
+on, counted without the machine's timing noise.
 
 Usage:
     DLCLI_DATA=../shared/data python benchmarks/cifar_throughput.py --recipe resnet20-cifar10 --device cpu \
         --steps 10 --warmup 3 --repeats 3
     python benchmarks/cifar_throughput.py --recipe resnet18-cifar10 --device cuda --steps 50 --json
+    python benchmarks/cifar_throughput.py --recipe resnet20-cifar10 --device cpu --set batch_size=8 --ops
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import datetime as dt
 import json
 import os
@@ -36,8 +41,10 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(recipe: Any, x_all: Any, y_all: Any, mean: Any, std: Any, warmup: int, steps: int) -> float:
-    """Images/s of a hand-written loop over ``steps`` steps after ``warmup`` steps."""
+def bare_loop(recipe: Any, x_all: Any, y_all: Any, mean: Any, std: Any, warmup: int, steps: int,
+              window: Any = None) -> float:
+    """Images/s of a hand-written loop over ``steps`` steps after ``warmup`` steps (``window``: a context
+    manager entered for exactly the timed steps, e.g. a profiler)."""
     import torch
     import torch.nn.functional as F
 
@@ -70,9 +77,11 @@ def bare_loop(recipe: Any, x_all: Any, y_all: Any, mean: Any, std: Any, warmup: 
     ar = torch.arange(h, device=dev)
     t1 = 0.0
     net.train()
+    window = window or contextlib.nullcontext()
     for step in range(total):
         if step == warmup:
             _sync(dev)
+            window.__enter__()
             t1 = time.perf_counter()
         idx = perm[(step * bs) % len(x_all):][:bs]
         x = x_all[idx].float() / 255  # (B, C, H, W) in [0, 1]
@@ -88,44 +97,65 @@ def bare_loop(recipe: Any, x_all: Any, y_all: Any, mean: Any, std: Any, warmup: 
             x = torch.where(torch.rand(len(x), 1, 1, 1, device=dev) < 0.5, x.flip(3), x)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last if recipe.channels_last
                                            else torch.contiguous_format)
-        with torch.autocast(dev.type, dtype=amp) if amp is not None else _null():
+        with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
             loss = F.cross_entropy(net(x).float(), y_all[idx], label_smoothing=smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     _sync(dev)
-    return steps * bs / (time.perf_counter() - t1)
+    t2 = time.perf_counter()
+    window.__exit__(None, None, None)
+    return steps * bs / (t2 - t1)
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
-def dlcli_loop(recipe: Any, warmup: int, steps: int, data_dir: str | None) -> float:
+def dlcli_loop(recipe: Any, warmup: int, steps: int, data_dir: str | None, window: Any = None) -> float:
     """Images/s of ``dlcli train`` with the recipe over the same steps (timed from the trainer's callbacks)."""
     from dlcli.runtime import Runtime
     from dlcli.train import NoCallbacks, train
 
     rt = Runtime.from_config(recipe)
     marks: dict[str, float] = {}
+    window = window or contextlib.nullcontext()
 
     class Clock(NoCallbacks):
         def on_step(self, epoch: int, step: int, metrics: dict[str, Any], samples: int) -> None:
             if step == warmup:
                 _sync(rt.device)
+                window.__enter__()
                 marks["t1"] = time.perf_counter()
             elif step == warmup + steps:
                 _sync(rt.device)
                 marks["t2"] = time.perf_counter()
+                window.__exit__(None, None, None)
 
     with tempfile.TemporaryDirectory(prefix="dlcli-thr-") as tmp:
         train(recipe, rt, Path(tmp) / "run", data_dir=data_dir, callbacks=Clock())
     return steps * recipe.batch_size / (marks["t2"] - marks["t1"])
+
+
+def aten_calls(prof: Any) -> collections.Counter[str]:
+    """The profiled ATen calls made from Python or autograd (not from inside another ATen op): each is one
+    pass through the dispatcher, and on a GPU the ones that compute are kernel launches, i.e. the host work
+    a step costs when its kernels are tiny."""
+    return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::")
+                               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
+
+
+def count_ops(recipe: Any, x: Any, y: Any, mean: Any, std: Any, warmup: int, steps: int,
+              data_dir: str | None) -> dict[str, Any]:
+    """ATen calls per step of each loop over the same timed steps (torch.profiler, CPU activity: the host
+    side, which is what a launch-bound GPU step waits on), and the ops whose counts differ most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    profs = {"dlcli": profile(activities=[ProfilerActivity.CPU]), "bare": profile(activities=[ProfilerActivity.CPU])}
+    dlcli_loop(recipe, warmup, steps, data_dir, window=profs["dlcli"])
+    bare_loop(recipe, x, y, mean, std, warmup, steps, window=profs["bare"])
+    ops = {k: aten_calls(p) for k, p in profs.items()}
+    diff = {op: (ops["dlcli"][op] - ops["bare"][op]) / steps for op in ops["dlcli"] | ops["bare"]}
+    return {"dlcli_ops_per_step": sum(ops["dlcli"].values()) / steps,
+            "bare_ops_per_step": sum(ops["bare"].values()) / steps,
+            "largest_differences": dict(sorted(((k, v) for k, v in diff.items() if v), key=lambda kv: -abs(kv[1]))[:12])}
 
 
 def main() -> None:
@@ -137,6 +167,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     p.add_argument("--data-dir", default=os.environ.get("DLCLI_DATA"))
+    p.add_argument("--ops", action="store_true", help="also count the ATen calls each loop makes per step "
+                   "(torch.profiler, one more run of each): the host work of a launch-bound GPU step")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -175,12 +207,19 @@ def main() -> None:
            "dlcli_images_per_s": round(d, 1), "bare_images_per_s": round(b, 1), "ratio": round(d / b, 3),
            "all": rows, "torch": torch.__version__, "date": dt.date.today().isoformat(),
            "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    if args.ops:
+        res["ops"] = count_ops(recipe, x, y, mean, std, args.warmup, args.steps, args.data_dir)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(f"{res['recipe']} ({res['model']}, batch {res['batch_size']}, {res['precision']}) on {res['device']}: "
               f"dlcli {d:.1f} images/s, bare loop {b:.1f} images/s, ratio {d / b:.3f} "
               f"(medians of {args.repeats}; load average {res['load_average']})")
+        if args.ops:
+            o = res["ops"]
+            print(f"ATen calls per step: dlcli {o['dlcli_ops_per_step']:.1f}, bare loop {o['bare_ops_per_step']:.1f}; "
+                  "largest differences per step: " + ", ".join(f"{k} {v:+.2f}" for k, v in
+                                                                o["largest_differences"].items()))
 
 
 if __name__ == "__main__":

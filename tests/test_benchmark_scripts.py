@@ -1,6 +1,7 @@
 """Small benchmark scripts, checked without training: benchmarks/precision_twins.py's gaps between training curves
 (against values worked out by hand, from each of the three files it reads), and the target that
-benchmarks/cifar_time_to_accuracy.py times by default (the recipe's own expectation)."""
+benchmarks/cifar_time_to_accuracy.py times by default (the recipe's own expectation), and what
+benchmarks/cifar_throughput.py --ops counts as one ATen call."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("precision_twins", ROOT / "benchmarks" / "precision_twins.py")
@@ -65,3 +67,17 @@ def test_time_to_accuracy_targets_the_recipes_own_expectation():
     assert tta.recipe_target(load_recipe("resnet56-cifar10").expect) == 0.9303  # the paper's 6.97% error
     assert tta.recipe_target(load_recipe("alexnet-cifar10").expect) == 0.86
     assert tta.recipe_target(load_recipe("resnet50-imagefolder").expect) is None  # your data: no promise
+
+
+def test_aten_calls_counts_what_python_calls_not_what_runs_inside():
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = importlib.util.spec_from_file_location("thr", ROOT / "benchmarks" / "cifar_throughput.py")
+    thr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thr)
+    x, w = torch.ones(4, 3), torch.ones(2, 3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            torch.nn.functional.linear(x, w).add_(1)  # linear runs t and addmm inside: one call
+            x.to(torch.float32)  # a no-op, still one pass through the dispatcher
+    assert thr.aten_calls(prof) == {"aten::linear": 3, "aten::add_": 3, "aten::to": 3}
