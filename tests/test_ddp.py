@@ -63,10 +63,17 @@ def test_two_processes_equal_one_and_ctrl_c_on_one_rank_stops_both(tmp_path, dat
     assert out["final"]["val_accuracy"] == json.loads(one_out)["final"]["val_accuracy"]
 
 
-def test_batch_not_divisible_by_processes_is_one_line(tmp_path, data_dir):
-    res = _dlcli(["train", "lenet-modern", *SMALL, "--set", "batch_size=101", "--nproc-per-node", "2"], tmp_path,
-                 data_dir)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "batch_size 101 is not divisible by the 2 processes" in lines[0], res.stderr
-    assert not (tmp_path / "runs").exists()  # checked before any process starts
+def test_batch_not_divisible_by_processes_is_one_line(cli, tmp_path, data_dir, monkeypatch):
+    # in this process: the check comes before torchrun is handed the command (which would replace this process)
+    import dlcli.cli
+
+    def started(*a):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(dlcli.cli, "_torchrun", started)
+    res = cli("train", "lenet-modern", *SMALL, "--set", "batch_size=101", "--nproc-per-node", "2", "--data-dir",
+              str(data_dir))
+    assert res.code == 2
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "batch_size 101 is not divisible by the 2 processes" in lines[0], res.err
+    assert not (tmp_path / "runs").exists()
