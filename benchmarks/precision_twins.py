@@ -9,7 +9,8 @@ the table also shows how far two runs differ anyway (cuDNN's kernels are not det
 Each CURVE is LABEL=PATH, where PATH is one of
   - a result of ``cifar_time_to_accuracy.py --json`` (its ``history``),
   - that script's ``--progress`` file (one JSON line per epoch, kept when a run is cut short),
-  - ``gpu_suite.sh``'s ``results.json#STEP`` (the ``data`` of that step, itself such a result).
+  - ``gpu_suite.sh``'s ``results.json#STEP`` (the ``data`` of that step: such a result, or the epochs it
+    finished when its time limit stopped it).
 
 Usage:
     python benchmarks/precision_twins.py \\
@@ -34,7 +35,8 @@ def load_curve(path: str) -> dict[int, dict[str, float]]:
         steps = {s["name"]: s for s in json.loads(text)["steps"]}
         if step not in steps or not isinstance(steps[step].get("data"), dict):
             raise SystemExit(f"{file}: no step {step!r} with data (steps: {', '.join(sorted(steps))})")
-        rows = steps[step]["data"].get("history", [])
+        data = steps[step]["data"]  # a step its time limit stopped keeps the epochs it finished
+        rows = data.get("history") or data.get("partial_history", [])
     else:
         try:
             whole = json.loads(text)

@@ -29,7 +29,8 @@ def test_gaps_from_the_three_sources(tmp_path, capsys):
     prog.write_text("".join(json.dumps(r) + "\n" for r in _rows([0.52, 0.55, 0.71])))
     suite = tmp_path / "results.json"
     suite.write_text(json.dumps({"steps": [{"name": "other", "data": None},
-                                           {"name": "tta", "data": {"history": _rows([0.5, 0.6, 0.7, 0.9])}}]}))
+                                           {"name": "tta", "data": {"history": _rows([0.5, 0.6, 0.7, 0.9])}},
+                                           {"name": "cut", "data": {"partial_history": _rows([0.4, 0.7])}}]}))
     res = twins.compare({"bf16": twins.load_curve(str(ref)), "fp32": twins.load_curve(str(prog)),
                          "suite": twins.load_curve(f"{suite}#tta")})
     fp32 = res["runs"]["fp32"]
@@ -41,6 +42,8 @@ def test_gaps_from_the_three_sources(tmp_path, capsys):
     assert res["runs"]["suite"]["gap_at_last"] == pytest.approx(0.10)
     assert res["runs"]["suite"]["max_gap_epoch"] == 4
     assert "gap_at_last" not in res["runs"]["bf16"] and res["runs"]["bf16"]["last_test_accuracy"] == 0.80
+    cut = twins.compare({"bf16": twins.load_curve(str(ref)), "cut": twins.load_curve(f"{suite}#cut")})["runs"]["cut"]
+    assert (cut["last_common_epoch"], cut["max_gap_epoch"]) == (2, 1) and cut["gap_at_last"] == pytest.approx(0.10)
 
     twins.main([f"bf16={ref}", f"fp32={prog}", "--every", "2"])
     out = capsys.readouterr().out
