@@ -104,10 +104,11 @@ def check_expectations(recipe: Recipe, final: dict[str, Any]) -> list[dict[str, 
 
 
 class _StopFlag:
-    """SIGINT handler (SIGTERM too under torchrun, which turns a Ctrl-C into SIGTERM for its workers): the
-    first signal asks for a clean stop after the current step, the second aborts."""
+    """SIGINT and SIGTERM handler (Ctrl-C; a batch scheduler's preemption, ``timeout`` or ``kill``; torchrun
+    turns a Ctrl-C into SIGTERM for its workers): the first signal asks for a clean stop after the current
+    step, which writes a resumable last.pt, the second aborts."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,)) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.requested = False
         self._signals = signals
         self._previous: dict[int, Any] = {}
@@ -320,9 +321,8 @@ class Trainer:
         self.cb.on_start(header, total, done)
         stopped_early = False
         fault = _fault_injection(rt.rank)
-        signals = (signal.SIGINT, signal.SIGTERM) if rt.distributed else (signal.SIGINT,)
         t0 = time.perf_counter()
-        with _StopFlag(signals) as stop:
+        with _StopFlag() as stop:
             try:
                 while epoch < recipe.epochs:
                     for metrics in task.train_steps(epoch, step):

@@ -1,4 +1,4 @@
-"""Ctrl-C during ``dlcli train`` writes a resumable last.pt, exits 130, and resuming equals never stopping.
+"""Ctrl-C (or SIGTERM) during ``dlcli train`` writes a resumable last.pt, exits 130, and resuming equals never stopping.
 
 Runs the real command line in this process on a small slice of real MNIST (2 epochs of 16 steps). The
 interruption is a real SIGINT sent to this process from inside the progress callback, so it arrives in the
@@ -86,3 +86,33 @@ def test_interrupt_then_resume_equals_uninterrupted_run(cli, data_dir, tmp_path,
     assert final_a["test_accuracy"] == final_b["test_accuracy"]
     assert final_a["test_loss"] == final_b["test_loss"]
 
+
+
+def test_sigterm_stops_like_ctrl_c_with_a_resumable_checkpoint(cli, tmp_path, monkeypatch):
+    # a batch scheduler's preemption, `timeout` or `kill`: SIGTERM in the middle of an epoch
+    from dlcli.report.train import TrainProgress
+
+    original = TrainProgress.on_step
+
+    def sigterm(self, epoch, step, metrics, samples):
+        original(self, epoch, step, metrics, samples)
+        if (epoch, step) == (1, 3):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def unhandled(signum, frame):  # what runs if dlcli leaves SIGTERM to the process (which it would end)
+        raise AssertionError("SIGTERM was not handled by dlcli")
+
+    monkeypatch.setattr(TrainProgress, "on_step", sigterm)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        run = tmp_path / "run"
+        res = cli("train", "approx", "--epochs", "3", "--set", "task_args.steps_per_epoch=5", "--out", str(run),
+                  "--json")
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the handler before the run is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert res.code == 130, res.err
+    assert f"interrupted at epoch 2, step 3; saved {run / 'last.pt'}" in res.err
+    assert f"resume with: dlcli train approx --resume {run}" in res.err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 3) and len(ckpt["history"]) == 1
