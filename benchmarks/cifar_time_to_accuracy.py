@@ -12,7 +12,8 @@ short untimed warm-up run first (``--warmup-steps`` steps on a subset) fills the
 choose its kernels, so neither clock pays for one-time start-up; ``--no-warmup`` skips it.
 
 Every epoch is also appended as one JSON line to ``--progress FILE`` as soon as it ends, so a run stopped by
-a timeout still leaves its curve.
+a timeout still leaves its curve; with ``--out DIR`` a run stopped by Ctrl-C or SIGTERM (``timeout``) also
+leaves a resumable ``DIR/last.pt``: ``dlcli train --resume DIR`` finishes it.
 
 Usage:
     DLCLI_DATA=../shared/data python benchmarks/cifar_time_to_accuracy.py --recipe resnet18-cifar10 \
@@ -161,8 +162,14 @@ def main() -> None:
     p.add_argument("--write", help="also write the one-line summary to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = p.parse_args()
-    res = run(args.recipe, args.target, args.device, args.set, 0 if args.no_warmup else args.warmup_steps,
-              args.out, args.progress, args.data_dir)
+    from dlcli.train import Interrupted
+
+    try:
+        res = run(args.recipe, args.target, args.device, args.set, 0 if args.no_warmup else args.warmup_steps,
+                  args.out, args.progress, args.data_dir)
+    except Interrupted as e:  # Ctrl-C or SIGTERM (a time limit): the epochs so far are in --progress
+        print(f"{e}" + ("" if args.out else " (the run folder was temporary: pass --out to resume)"), file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     text = markdown(res)
     print(json.dumps(res, indent=2, default=str) if args.json else text)
     if args.write:
