@@ -148,14 +148,15 @@ def count_ops(recipe: Any, x: Any, y: Any, mean: Any, std: Any, warmup: int, ste
     side, which is what a launch-bound GPU step waits on), and the ops whose counts differ most."""
     from torch.profiler import ProfilerActivity, profile
 
-    profs = {"dlcli": profile(activities=[ProfilerActivity.CPU]), "bare": profile(activities=[ProfilerActivity.CPU])}
+    profs = {k: profile(activities=[ProfilerActivity.CPU]) for k in ("dlcli", "bare")}
     dlcli_loop(recipe, warmup, steps, data_dir, window=profs["dlcli"])
     bare_loop(recipe, x, y, mean, std, warmup, steps, window=profs["bare"])
     ops = {k: aten_calls(p) for k, p in profs.items()}
     diff = {op: (ops["dlcli"][op] - ops["bare"][op]) / steps for op in ops["dlcli"] | ops["bare"]}
     return {"dlcli_ops_per_step": sum(ops["dlcli"].values()) / steps,
             "bare_ops_per_step": sum(ops["bare"].values()) / steps,
-            "largest_differences": dict(sorted(((k, v) for k, v in diff.items() if v), key=lambda kv: -abs(kv[1]))[:12])}
+            "largest_differences": dict(sorted(((k, v) for k, v in diff.items() if v),
+                                               key=lambda kv: -abs(kv[1]))[:12])}
 
 
 def main() -> None:

@@ -108,14 +108,13 @@ class _StopFlag:
     turns a Ctrl-C into SIGTERM for its workers): the first signal asks for a clean stop after the current
     step, which writes a resumable last.pt, the second aborts."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    def __init__(self) -> None:
         self.requested = False
-        self._signals = signals
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
         if threading.current_thread() is threading.main_thread():
-            for sig in self._signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

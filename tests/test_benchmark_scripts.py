@@ -13,9 +13,17 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("precision_twins", ROOT / "benchmarks" / "precision_twins.py")
-twins = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(twins)
+
+
+def _script(name: str):
+    """benchmarks/NAME.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+twins = _script("precision_twins")
 
 
 def _rows(accs):
@@ -62,9 +70,7 @@ def test_a_single_line_progress_file_and_a_missing_step(tmp_path):
 
 
 def test_time_to_accuracy_targets_the_recipes_own_expectation():
-    spec = importlib.util.spec_from_file_location("tta", ROOT / "benchmarks" / "cifar_time_to_accuracy.py")
-    tta = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tta)
+    tta = _script("cifar_time_to_accuracy")
     from dlcli.config import load_recipe
 
     assert tta.recipe_target(load_recipe("resnet56-cifar10").expect) == 0.9303  # the paper's 6.97% error
@@ -75,9 +81,7 @@ def test_time_to_accuracy_targets_the_recipes_own_expectation():
 def test_aten_calls_counts_what_python_calls_not_what_runs_inside():
     from torch.profiler import ProfilerActivity, profile
 
-    spec = importlib.util.spec_from_file_location("thr", ROOT / "benchmarks" / "cifar_throughput.py")
-    thr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(thr)
+    thr = _script("cifar_throughput")
     x, w = torch.ones(4, 3), torch.ones(2, 3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):

@@ -87,7 +87,6 @@ def test_interrupt_then_resume_equals_uninterrupted_run(cli, data_dir, tmp_path,
     assert final_a["test_loss"] == final_b["test_loss"]
 
 
-
 def test_sigterm_stops_like_ctrl_c_with_a_resumable_checkpoint(cli, tmp_path, monkeypatch):
     # a batch scheduler's preemption, `timeout` or `kill`: SIGTERM in the middle of an epoch
     from dlcli.report.train import TrainProgress
