@@ -29,6 +29,14 @@ from typing import Any
 
 def load_curve(path: str) -> dict[int, dict[str, float]]:
     """Epoch -> that epoch's record (test_accuracy, train_accuracy, ...) from any of the three sources."""
+    try:
+        return _load_curve(path)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise SystemExit(f"{path}: not a time-to-accuracy result, progress file or results.json#STEP "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _load_curve(path: str) -> dict[int, dict[str, float]]:
     file, _, step = path.partition("#")
     text = Path(file).read_text(encoding="utf-8")
     if step:

@@ -67,6 +67,10 @@ def test_a_single_line_progress_file_and_a_missing_step(tmp_path):
     suite.write_text(json.dumps({"steps": [{"name": "tta", "data": None}]}))
     with pytest.raises(SystemExit, match="no step 'nope'"):
         twins.load_curve(f"{suite}#nope")
+    notes = tmp_path / "notes.md"
+    notes.write_text("# not a curve\n")
+    with pytest.raises(SystemExit, match="notes.md: not a time-to-accuracy result"):
+        twins.load_curve(str(notes))
 
 
 def test_time_to_accuracy_targets_the_recipes_own_expectation():
