@@ -1,8 +1,9 @@
 """Data sources by name -> in-memory splits plus metadata (classes, input shape, normalisation).
 
 Real data (MNIST, Fashion-MNIST, CIFAR-10) is looked for under ``--data-dir``, then ``$DLCLI_DATA``, then
-``~/.cache/dlcli``, in torchvision's layout. Missing files are downloaded by torchvision when there is a
-network; when that fails the error is one sentence saying which files to put where.
+``~/.cache/dlcli``, in torchvision's layout; MNIST's IDX files are read here, without importing torchvision.
+Missing files are downloaded by torchvision when there is a network; when that fails the error is one
+sentence saying which files to put where.
 
 Small data sets are held as tensors (uint8 images, or float points) and batched by indexing, on the training
 device, so the input side never limits speed. ``in_memory: false`` keeps a classic ``DataLoader`` over the
@@ -221,34 +222,73 @@ def class_balanced(y: torch.Tensor, labels: int, num_classes: int, seed: int) ->
     return torch.cat(picked).sort().values
 
 
+# torchvision's class names (``MNIST.classes`` "0 - zero" -> "zero", ``FashionMNIST.classes``), kept here so that
+# reading the files does not import torchvision (seconds per process: it imports torch._dynamo)
+IDX_CLASSES = {
+    "MNIST": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+    "FashionMNIST": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle boot"],
+}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """One IDX file of unsigned bytes (LeCun's MNIST format: bytes 0, 0, 0x08, the number of dimensions, each
+    dimension as a big-endian int32, then the data) as a uint8 tensor of those dimensions."""
+    raw = path.read_bytes()
+    ndim = raw[3] if len(raw) >= 4 and raw[:3] == b"\x00\x00\x08" else 0
+    if not 1 <= ndim <= 3:
+        raise DlcliError(f"{path} is not an IDX file of unsigned bytes (MNIST's format): replace it with the "
+                         f"original file")
+    head = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if min(dims) < 1 or len(raw) != head + math.prod(dims):
+        raise DlcliError(f"{path} has {len(raw):,} bytes where its header promises {head + math.prod(dims):,} "
+                         f"(truncated or corrupt): replace it with the original file")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=head).view(dims)
+
+
+def _idx_split(source: str, folder: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of one split, read straight from ``root/folder/raw``;
+    missing files go through torchvision (which downloads them, or says where to put them)."""
+    prefix = "train" if train else "t10k"
+    raw = root / folder / "raw"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    if not (images.is_file() and labels.is_file()):
+        ds = _torchvision_dataset(source, folder, root, train)
+        return ds.data, ds.targets.long()
+    x, y = read_idx(images), read_idx(labels).long()
+    if x.dim() != 3 or y.dim() != 1 or len(x) != len(y) or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < 10):
+        raise DlcliError(f"{images.name} and {labels.name} in {images.parent} do not belong together "
+                         f"({tuple(x.shape)} images, {tuple(y.shape)} labels): replace them with the original files")
+    return x, y
+
+
 def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, in_memory: bool,
                 mean: float, std: float, train_size: int | None = None, labels: int | None = None) -> DataBundle:
-    train_ds = _torchvision_dataset(source, folder, root, train=True)
-    test_ds = _torchvision_dataset(source, folder, root, train=False)
-    # torchvision keeps IDX data as uint8 tensors (N, 28, 28): use them directly, no PIL round trip.
-    x = train_ds.data.unsqueeze(1).contiguous()
-    y = train_ds.targets.long()
+    x, y = _idx_split(source, folder, root, train=True)  # uint8 (N, 28, 28): no PIL round trip
+    x = x.unsqueeze(1).contiguous()
+    test_x, test_y = _idx_split(source, folder, root, train=False)
+    classes = IDX_CLASSES[source]
     if train_size is not None and not 1 <= train_size <= len(x) - val_size:
         raise DlcliError(f"data.args.train_size must be in [1, {len(x) - val_size}] (or null for all), "
                          f"got {train_size}")
     train, val = _val_split(x, y, val_size, seed)
     if train_size is not None:  # a random subset (the split is already a seeded permutation): for quick runs
         train = Split(train.x[:train_size], train.y[:train_size])
-    test = Split(test_ds.data.unsqueeze(1).contiguous(), test_ds.targets.long())
+    test = Split(test_x.unsqueeze(1).contiguous(), test_y)
     extra: dict[str, Any] = {}
     if labels is not None:  # a label budget: the rest of the training images stay, unlabelled (y = -1)
         if not in_memory:
             raise DlcliError("data.args.labels needs in_memory: true")
-        pos = class_balanced(train.y, labels, len(train_ds.classes), seed)
+        pos = class_balanced(train.y, labels, len(classes), seed)
         rest = torch.ones(len(train), dtype=torch.bool)
         rest[pos] = False
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))  # as _val_split's
         extra = {"unlabelled": Split(train.x[rest], torch.full((int(rest.sum()),), -1)),
                  "labelled_index": perm[val_size:][pos], "val_index": perm[:val_size]}  # into the 60k images
         train = Split(train.x[pos], train.y[pos])
-    bundle = DataBundle("images", train, val, test, num_classes=len(train_ds.classes),
-                        class_names=[c.split(" - ")[-1] for c in train_ds.classes], input_shape=(1, 28, 28),
-                        mean=(mean,), std=(std,), extra=extra)
+    bundle = DataBundle("images", train, val, test, num_classes=len(classes), class_names=list(classes),
+                        input_shape=(1, 28, 28), mean=(mean,), std=(std,), extra=extra)
     if not in_memory:
         from torchvision import transforms
 

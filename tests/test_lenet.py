@@ -133,6 +133,47 @@ def test_train_size_takes_a_subset_of_the_training_split(data_dir):
         load_data("mnist", {"val_size": 5000, "train_size": 55_001}, data_dir, seed=0)
 
 
+def test_the_idx_reader_gives_torchvisions_tensors_and_class_names(data_dir):
+    # dlcli reads the four IDX files itself (torchvision takes seconds to import); torchvision is the reference
+    import torchvision.datasets
+
+    from dlcli.data import IDX_CLASSES, _idx_split
+
+    for name in ("MNIST", "FashionMNIST"):
+        if not (data_dir / name / "raw" / "t10k-images-idx3-ubyte").is_file():
+            continue
+        ref = getattr(torchvision.datasets, name)(root=str(data_dir), train=False, download=False)
+        x, y = _idx_split(name, name, data_dir, train=False)
+        assert x.dtype == torch.uint8 and torch.equal(x, ref.data) and torch.equal(y, ref.targets.long())
+        assert IDX_CLASSES[name] == [c.split(" - ")[-1] for c in ref.classes]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "has 1,000 bytes where its header promises 47,040,016 (truncated or corrupt)"),
+    ("foreign", "is not an IDX file of unsigned bytes"),
+    ("mismatch", "do not belong together ((60000, 28, 28) images, (10000,) labels)"),
+])
+def test_a_damaged_idx_file_is_one_clear_line(cli, data_dir, tmp_path, damage, message):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_dir / "MNIST" / "raw").iterdir():
+        (raw / f.name).symlink_to(f)
+    if damage == "truncate":
+        (raw / "train-images-idx3-ubyte").unlink()
+        with open(data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte", "rb") as f:
+            (raw / "train-images-idx3-ubyte").write_bytes(f.read(1000))
+    elif damage == "foreign":  # e.g. the gzip file saved under the extracted name
+        (raw / "train-labels-idx1-ubyte").unlink()
+        (raw / "train-labels-idx1-ubyte").write_bytes(b"\x1f\x8b\x08\x08" + bytes(100))
+    else:
+        (raw / "train-labels-idx1-ubyte").unlink()
+        (raw / "train-labels-idx1-ubyte").symlink_to(data_dir / "MNIST/raw/t10k-labels-idx1-ubyte")
+    res = cli("train", "lenet", "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--out", str(tmp_path / "run"))
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert res.code == 1 and len(lines) == 1 and message in lines[0], res.err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_mnist_offline_is_one_clear_sentence(cli, tmp_path, monkeypatch):
     import torchvision.datasets
 
