@@ -32,13 +32,17 @@ from typing import Any
 
 
 def train(recipe: str, out: Path, seed: int, sets: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
-    """One ``dlcli train --json`` run; returns its final metrics (plus wall time), or reuses a finished run."""
+    """One ``dlcli train --json`` run; returns its final metrics (plus wall time), reuses a finished run and
+    resumes an interrupted one."""
     summary = out / "summary.json"
     if summary.is_file():
         return {**json.loads(summary.read_text())["final"], "reused": True}
-    cmd = [sys.executable, "-m", "dlcli", "train", recipe, "--seed", str(seed), "--out", str(out), "--json"]
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
+    if (out / "last.pt").is_file():  # an interrupted run (Ctrl-C, a stopped machine): continue it
+        cmd = [sys.executable, "-m", "dlcli", "train", "--resume", str(out), "--json"]
+    else:
+        cmd = [sys.executable, "-m", "dlcli", "train", recipe, "--seed", str(seed), "--out", str(out), "--json"]
+        for k, v in sets.items():
+            cmd += ["--set", f"{k}={v}"]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)

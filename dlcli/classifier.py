@@ -18,7 +18,7 @@ from torch import nn
 from dlcli.batches import images_to_float
 from dlcli.checkpoint import find_checkpoint, load_checkpoint
 from dlcli.config import Recipe, recipe_from_dict
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, UsageError
 from dlcli.registry import build_model_with_defaults
 from dlcli.runtime import Runtime
 
@@ -50,6 +50,27 @@ def build_classifier(recipe: Recipe, meta: dict[str, Any]) -> nn.Module:
     net = build_model_with_defaults(recipe.model.name, recipe.model.args, num_classes=meta["num_classes"],
                                     in_channels=c, input_size=h)
     return Normalized(net, meta["mean"], meta["std"])
+
+
+@torch.no_grad()
+def check_fits(model: nn.Module, meta: dict[str, Any], name: str) -> None:
+    """One blank image of the data's shape through a freshly built classifier (eval mode, so no statistics
+    move and no random numbers are drawn): model arguments that do not fit the data (channels, image size,
+    classes, the normalisation's length) fail here, in one line, before a run folder exists."""
+    shape, k = tuple(meta["input_shape"]), int(meta["num_classes"])
+    described = f"images {'x'.join(map(str, shape))} in {k} classes"
+    was_training = model.training
+    try:
+        out = model.eval()(torch.zeros(1, *shape))
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise UsageError(f"model {name} does not fit the data ({described}): {first}; check model.args and "
+                         f"data.args") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, k):
+        raise UsageError(f"model {name} gives {tuple(out.shape[1:])} outputs per image for data with {k} classes; "
+                         f"remove model.args.num_classes (it defaults to the data's) or set it to {k}")
 
 
 @torch.no_grad()

@@ -155,6 +155,31 @@ def _resolve_recipe(
     return r, None
 
 
+_RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt")  # what marks a run folder
+
+
+def _check_out_folder(out: str, what: str) -> Path:
+    """``--out`` naming a folder to write into: it may not exist yet, but it is not a file (nor under one)."""
+    p = Path(out)
+    base = next((a for a in (p, *p.parents) if a.exists()), p)  # the folder a mkdir would start from
+    if base.exists() and not base.is_dir():
+        where = "is a file" if base == p else f"is inside {base}, which is a file"
+        raise UsageError(f"--out {out} {where}; --out takes a folder for {what}")
+    return p
+
+
+def _check_new_run_folder(out: str | None) -> None:
+    """``train``/``verify --out DIR``: a new or empty folder. Another run's files there would mix two runs
+    (its config.yaml overwritten, its checkpoints kept), a folder that contradicts itself."""
+    if not out:
+        return
+    p = _check_out_folder(out, "the run (a new or empty one)")
+    found = [name for name in _RUN_FILES if (p / name).exists()] if p.is_dir() else []
+    if found:
+        other = f"or `dlcli train --resume {out}` to continue it" if "last.pt" in found else "or remove this one"
+        raise UsageError(f"--out {out} already holds a run ({', '.join(found)}); pick another folder, {other}")
+
+
 def _run_training(r: Any, out: str | None, resume_dir: Path | None, data_dir: str | None,
                   json: bool) -> dict[str, Any]:
     from dlcli.config import run_dir_for
@@ -213,7 +238,8 @@ def train_cmd(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
                                                           help="channels_last memory format.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", help="Run folder (default runs/<recipe>-<time>).")] = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", help="Run folder, new or empty (default runs/<recipe>-<time>).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. optim.momentum=0.9.")] = None,
     resume: Annotated[Optional[str], typer.Option(
         "--resume", help="Continue the run in RUN_DIR from last.pt. With --epochs N on a finished run: train "
@@ -240,6 +266,10 @@ def train_cmd(
     * `dlcli train lenet --nproc-per-node 2`   (same as `torchrun --nproc-per-node 2 -m dlcli train lenet`)
     * `dlcli train resnet50-imagefolder --pretrained --set data.args.path=~/data/pets`   (fine-tuning)
     """
+    if resume and out:
+        raise UsageError(f"--out cannot be combined with --resume: a resumed run continues in its own folder "
+                         f"({resume})")
+    _check_new_run_folder(out)  # before anything is written (every rank under torchrun: nothing is, yet)
     if pretrained:
         set_ = [*(set_ or []), "model.args.pretrained=true"]
     try:
@@ -303,12 +333,23 @@ def eval_cmd(
         raise UsageError(f"--episodes {episodes}: expected an integer >= 1")
     options = {k: v for k, v in (("episodes", episodes), ("render", render or None), ("features", features))
                if v is not None}
+    if out:
+        _check_out_folder(out, "the figures")
     ckpt = load_checkpoint(path)
     r = recipe_of(ckpt)
+    _check_eval_options(options, r, ckpt["path"])
     runtime = Runtime.create(device or "auto", seed=r.seed)
     out_dir = Path(out) if out else Path(ckpt["path"]).parent / f"eval-{split}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    res = TASKS.get(r.task).evaluate(ckpt, TaskContext(r, runtime, data_dir, eval_options=options), split, out_dir)
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # innermost first
+    out_dir.mkdir(parents=True, exist_ok=True)  # the tasks write their figures into it
+    try:
+        res = TASKS.get(r.task).evaluate(ckpt, TaskContext(r, runtime, data_dir, eval_options=options), split,
+                                         out_dir)
+    finally:  # a failed evaluation (or one without figures) leaves no empty folder behind
+        for p in made:
+            if any(p.iterdir()):
+                break
+            p.rmdir()
     payload = {"checkpoint": ckpt["path"], "recipe": r.name, "split": split, "metrics": res.metrics,
                "tables": [{"title": t, "columns": c, "rows": rows} for t, c, rows in res.tables],
                "figures": res.figures, **res.details}
@@ -321,6 +362,22 @@ def eval_cmd(
                                                           "figures": res.figures})
 
 
+# the eval options that only some kinds of run read: option -> (its flag, the tasks reading it, those in words)
+_EVAL_OPTION_TASKS = {
+    "episodes": ("--episodes", ("dqn",), "reinforcement learning runs (dqn)"),
+    "render": ("--render", ("dqn",), "reinforcement learning runs (dqn)"),
+    "features": ("--features", ("gan",), "generative runs (gan)"),
+}
+
+
+def _check_eval_options(options: dict[str, Any], r: Any, checkpoint: str) -> None:
+    """An option the run's task would silently ignore is a usage error naming the runs it applies to."""
+    for key in options:
+        flag, tasks, kinds = _EVAL_OPTION_TASKS[key]
+        if r.task not in tasks:
+            raise UsageError(f"{flag} applies to {kinds} only; {checkpoint} is a {r.task!r} run ({r.name})")
+
+
 # ---------------------------------------------------------------------------------------------- verify
 
 
@@ -328,7 +385,8 @@ def eval_cmd(
 def verify_cmd(
     recipe: RecipeArg,
     device: DeviceOpt = None,
-    out: Annotated[Optional[str], typer.Option("--out", help="Run folder (default runs/<recipe>-<time>).")] = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", help="Run folder, new or empty (default runs/<recipe>-<time>).")] = None,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -336,6 +394,7 @@ def verify_cmd(
 
     Examples: `dlcli verify approx`, `dlcli verify lenet --device cuda`
     """
+    _check_new_run_folder(out)
     r, _ = _resolve_recipe(recipe, None, None, None, None, device, None, None, None, None, None)
     if not r.expect:
         raise UsageError(f"recipe {r.name} declares no expected result (no 'expect' key) to verify")

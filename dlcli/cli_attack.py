@@ -14,7 +14,7 @@ import typer
 
 from dlcli import report
 from dlcli.errors import DlcliError, UsageError
-from dlcli.options import DataDirOpt, DeviceOpt, JsonOpt
+from dlcli.options import DataDirOpt, DeviceOpt, JsonOpt, seed_callback
 
 attack_app = typer.Typer(
     help="Adversarial attacks on a trained classifier: DeepFool, the fast gradient sign baseline, universal "
@@ -124,6 +124,17 @@ def _images(clf: Any, split: str, n: int, data_dir: str | None, option: str = "-
     return select(x, y, n)
 
 
+def _check_out(out: str | None) -> None:
+    """``--out`` names a folder (new or existing): a file there, or above it, is a usage error."""
+    if not out:
+        return
+    p = Path(out)
+    base = next((a for a in (p, *p.parents) if a.exists()), p)  # the folder a mkdir would start from
+    if base.exists() and not base.is_dir():
+        where = "is a file" if base == p else f"is inside {base}, which is a file"
+        raise UsageError(f"--out {out} {where}; --out takes a folder for the attack's results")
+
+
 def _out_dir(out: str | None, clf: Any, name: str) -> Path:
     return Path(out) if out else Path(clf.run_dir) / f"attack-{name}"
 
@@ -199,6 +210,7 @@ def deepfool_cmd(
     from dlcli.report.attack import print_deepfool, print_deepfool_images, progress_bar
 
     norm = _norm(norm)
+    _check_out(out)
     _positive("--overshoot", overshoot, allow_zero=True)
     _positive("--max-iter", max_iter)
     if candidates < 2:
@@ -268,6 +280,7 @@ def fgsm_cmd(
     from dlcli.report.attack import print_fgsm
 
     norm = _norm(norm)
+    _check_out(out)
     if not 0 < target_rate <= 1:
         raise UsageError(f"--target-rate {target_rate}: expected a fraction in (0, 1]")
     clip = _choice("--clip", clip, ("box", "none"))
@@ -299,7 +312,8 @@ def universal_cmd(
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp x + v to [0, 1] while building v "
                                        "(the reported fooling rates are always those of clamped, valid "
                                        "images).")] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffling and of the random-noise control.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffling and of the random-noise control.",
+                                      callback=seed_callback)] = 0,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
@@ -324,6 +338,7 @@ def universal_cmd(
     from dlcli.report.attack import print_universal, progress_bar
 
     norm = _norm(norm)
+    _check_out(out)
     _positive("--xi", xi)
     if not 0 <= delta < 1:
         raise UsageError(f"--delta {delta}: expected a fraction in [0, 1)")

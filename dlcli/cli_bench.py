@@ -14,6 +14,7 @@ import typer
 
 from dlcli.config import PRECISIONS
 from dlcli.errors import DlcliError, UsageError
+from dlcli.options import seed_callback
 
 # torch is imported inside the command only: `dlcli --help` and `dlcli list` must stay cheap.
 
@@ -103,18 +104,21 @@ def bench(
     auto_batch: Annotated[
         bool, typer.Option("--auto-batch", help="CUDA: search the largest batch that fits, and say which.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed for weights and synthetic input.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for weights and synthetic input.", callback=seed_callback)] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON list on stdout instead of tables.")] = False,
     csv_file: Annotated[
         Optional[Path], typer.Option("--csv", help="Append one row per result to this CSV file.")
     ] = None,
 ) -> None:
     from dlcli.bench import BenchSpec, append_csv, parse_input_size, run_all, run_benchmark, validate_spec
+    from dlcli.bench.results import check_csv
     from dlcli.registry import list_models, model_meta
     from dlcli.report import bench as bench_report  # the report package is the only one importing rich
     from dlcli.report import print_json
     from dlcli.runtime import resolve_device, validate_precision
 
+    if csv_file is not None:
+        check_csv(csv_file)  # a folder there would fail only after every benchmark had run
     spec = BenchSpec(
         model=model,
         modes=("infer", "train") if mode is Mode.both else (mode.value,),
@@ -138,6 +142,8 @@ def bench(
         if spec.input_shape is not None:
             raise UsageError(f"--input-size applies to one model; drop it when benchmarking {model}")
         names = list_models() if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+        if not names:
+            raise UsageError(f"no model named in {model!r}; valid names: {', '.join(list_models())}, or all")
         for name in names:
             model_meta(name)  # an unknown name: one UsageError listing the valid ones, before any child starts
         validate_spec(spec)

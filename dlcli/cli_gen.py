@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dlcli.options import DeviceOpt, JsonOpt
+from dlcli.options import DeviceOpt, JsonOpt, seed_callback
 
 FeaturesOpt = Annotated[Optional[str], typer.Option(
     "--features", help="GAN runs: the classify run (or checkpoint) whose penultimate features give the Fréchet "
@@ -38,8 +38,10 @@ def sample(
     path: Annotated[str, typer.Argument(help="A GAN run folder (uses best.pt) or a checkpoint file.",
                                         show_default=False)],
     n: Annotated[int, typer.Option("--n", help="Number of samples in the grid.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise: the same seed gives the same images.")] = 0,
-    out: Annotated[Optional[str], typer.Option("--out", help="PNG file to write [default: "
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise: the same seed gives the same images.",
+                                      callback=seed_callback)] = 0,
+    out: Annotated[Optional[str], typer.Option("--out", help="PNG file to write, or an existing folder to write "
+                                                            "sample-nN-seedS.png into [default: "
                                                             "RUN/samples/sample-nN-seedS.png].")] = None,
     device: DeviceOpt = None,
     json: JsonOpt = False,
@@ -49,10 +51,11 @@ def sample(
     from dlcli.checkpoint import load_checkpoint
     from dlcli.errors import UsageError
     from dlcli.runtime import resolve_device
-    from dlcli.tasks.gan_eval import sample_grid
+    from dlcli.tasks.gan_eval import check_sample_out, sample_grid
 
     if n < 1:  # before reading any file: the cheapest clear line
         raise UsageError(f"--n {n}: expected the number of samples, an integer >= 1")
+    check_sample_out(Path(out) if out else None)
     ckpt = load_checkpoint(path)
     res = sample_grid(ckpt, n, seed, resolve_device(device), Path(out) if out else None)
     if json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 import os
 import re
 import types
@@ -30,6 +31,9 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: keys that older dlcli versions wrote into checkpoints and that are ignored when such a recipe is read back
 LEGACY_KEYS = ("loss",)
+#: seeds are integers in [0, SEED_LIMIT): numpy's limit, and it keeps the per-step augmentation seed
+#: ((seed * 1000 + epoch) << 20) + step of ``dlcli.batches`` inside torch's signed 64-bit seeds
+SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -205,24 +209,39 @@ def check_expectation(value: float, text: str) -> bool:
     }[op]
 
 
+def check_seed(seed: int | None, key: str = "--seed", source: str = "") -> None:
+    """The one seed check, for recipes (``source`` names the file or ``--set``: a ConfigError) and for every
+    ``--seed`` option (a UsageError). None (not set) passes."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        message = f"{key}: expected an integer in [0, {SEED_LIMIT - 1}] (below 2**32), got {seed}"
+        raise ConfigError(f"{source}: {message}") if source else UsageError(message)
+
+
+def _valid_name(name: str) -> bool:
+    """A recipe name becomes the run folder's prefix (``runs/<name>-<time>``): one plain folder name."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
 def _check_values(r: Recipe, source: str, check_builders: bool = True) -> None:
     def fail(key: str, expected: str, got: Any) -> None:
         raise ConfigError(f"{source}: {key}: expected {expected}, got {got!r}")
 
+    if not _valid_name(r.name):
+        fail("name", "a non-empty name without / or \\ that is not . or .. (it names the run folder "
+             "runs/<name>-<time>)", r.name)
     if r.epochs < 1:
         fail("epochs", "an integer >= 1", r.epochs)
     if r.batch_size < 1:
         fail("batch_size", "an integer >= 1", r.batch_size)
     if r.eval_batch_size < 1:
         fail("eval_batch_size", "an integer >= 1", r.eval_batch_size)
-    if r.seed < 0:
-        fail("seed", "an integer >= 0", r.seed)
+    check_seed(r.seed, "seed", source)
     if r.optim.name not in OPTIMIZERS:
         fail("optim.name", "one of " + ", ".join(OPTIMIZERS), r.optim.name)
-    if not r.optim.lr > 0:
-        fail("optim.lr", "a number > 0", r.optim.lr)
-    if r.optim.weight_decay < 0:
-        fail("optim.weight_decay", "a number >= 0", r.optim.weight_decay)
+    if not (math.isfinite(r.optim.lr) and r.optim.lr > 0):
+        fail("optim.lr", "a number > 0 and finite", r.optim.lr)
+    if not (math.isfinite(r.optim.weight_decay) and r.optim.weight_decay >= 0):
+        fail("optim.weight_decay", "a number >= 0 and finite", r.optim.weight_decay)
     if not 0 <= r.optim.momentum < 1:
         fail("optim.momentum", "a number in [0, 1)", r.optim.momentum)
     if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
@@ -239,8 +258,8 @@ def _check_values(r: Recipe, source: str, check_builders: bool = True) -> None:
         fail("schedule.gamma", "a number in (0, 1]", r.schedule.gamma)
     if not 0 < r.schedule.pct_start < 1:
         fail("schedule.pct_start", "a number in (0, 1)", r.schedule.pct_start)
-    if r.schedule.warmup_epochs < 0:
-        fail("schedule.warmup_epochs", "a number >= 0", r.schedule.warmup_epochs)
+    if not (math.isfinite(r.schedule.warmup_epochs) and r.schedule.warmup_epochs >= 0):
+        fail("schedule.warmup_epochs", "a number >= 0 and finite", r.schedule.warmup_epochs)
     if r.precision not in PRECISIONS:
         fail("precision", "one of " + ", ".join(PRECISIONS), r.precision)
     if isinstance(r.compile, str) and r.compile not in COMPILE_MODES:
@@ -341,6 +360,10 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # e.g. a Latin-1 accent
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save the recipe "
+                          "file as UTF-8") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

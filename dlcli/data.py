@@ -46,7 +46,7 @@ from dlcli.data_images import (  # noqa: F401  (re-exported: `from dlcli.data im
     imagefolder,
     scan_image_folder,
 )
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, UsageError
 
 
 def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -71,14 +71,27 @@ def images_to_float(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------- toy data
 
+#: linear2d's line passes at most this far from the centre of the square [-1, 1]^2 (|b| <= 0.25)
+LINE_OFFSET = 0.25
+#: margins below this leave room on both sides of every such line (each side of it reaches at least
+#: 1 - LINE_OFFSET from it, the worst case being a line parallel to an edge) and let over a fifth of the square's
+#: points qualify, so the rejection sampler below ends; wider gaps can leave a side, or the whole square, empty
+MAX_MARGIN = 1 - LINE_OFFSET
+
 
 @register_dataset("linear2d", summary="generated: two linearly separable 2-D classes with a margin")
 def linear2d(root: Path, seed: int, *, n: int = 100, margin: float = 0.1) -> DataBundle:
     """Points in [-1, 1]^2 labelled by a random line through the square, with a gap of ``margin`` on each side."""
+    if n < 1:
+        raise UsageError(f"data.args.n: expected the number of points, an integer >= 1, got {n}")
+    if not (math.isfinite(margin) and 0 <= margin < MAX_MARGIN):
+        raise UsageError(f"data.args.margin: expected a number in [0, {MAX_MARGIN}), got {margin}: the points lie in "
+                         f"[-1, 1]^2 and the line passes up to {LINE_OFFSET} from its centre, so a wider gap can "
+                         "leave one side of it empty")
     g = torch.Generator().manual_seed(seed)
     angle = torch.rand((), generator=g) * 2 * math.pi
     w = torch.stack([torch.cos(angle), torch.sin(angle)])  # unit normal of the true line
-    b = (torch.rand((), generator=g) - 0.5) * 0.5
+    b = (torch.rand((), generator=g) - 0.5) * (2 * LINE_OFFSET)
     pts = []
     while sum(len(p) for p in pts) < n:
         cand = torch.rand(4 * n, 2, generator=g) * 2 - 1
@@ -265,6 +278,10 @@ def _idx_split(source: str, folder: str, root: Path, train: bool) -> tuple[torch
 
 def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, in_memory: bool,
                 mean: float, std: float, train_size: int | None = None, labels: int | None = None) -> DataBundle:
+    if not math.isfinite(mean):  # checked before any file is read
+        raise UsageError(f"data.args.mean: expected a finite number, got {mean}")
+    if not (math.isfinite(std) and std > 0):  # the inputs are divided by it
+        raise UsageError(f"data.args.std: expected a finite number > 0, got {std}")
     x, y = _idx_split(source, folder, root, train=True)  # uint8 (N, 28, 28): no PIL round trip
     x = x.unsqueeze(1).contiguous()
     test_x, test_y = _idx_split(source, folder, root, train=False)

@@ -103,7 +103,14 @@ def build_model(name: str, **kwargs: Any) -> Any:
         raise UsageError(
             f"model {name!r} has no argument {unknown[0]!r}; it takes: {', '.join(accepted) or 'none'}"
         )
-    return builder(**kwargs)
+    try:
+        return builder(**kwargs)
+    except RuntimeError as e:  # torch refusing a layer size while the model is made (e.g. a negative width)
+        if isinstance(e, (NotImplementedError, RecursionError)):  # bugs, not arguments
+            raise
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UsageError(f"model {name!r} cannot be built with {args}: {reason}") from None
 
 
 def build_model_with_defaults(name: str, args: dict[str, Any], **defaults: Any) -> Any:

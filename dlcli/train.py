@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -390,8 +391,43 @@ def train(
     resume: bool = False,
     callbacks: TrainCallbacks | None = None,
 ) -> TrainResult:
-    """Train ``recipe`` into ``run_dir`` (or continue it from its ``last.pt``); see ``Trainer``."""
-    return Trainer(recipe, runtime, run_dir, data_dir, callbacks).run(resume)
+    """Train ``recipe`` into ``run_dir`` (or continue it from its ``last.pt``); see ``Trainer``.
+
+    A new run that fails before its first checkpoint (a model that breaks in its first step, a second Ctrl-C)
+    leaves no folder behind: one holding only config.yaml would look like a run to ``eval`` and ``--resume``."""
+    trainer = Trainer(recipe, runtime, run_dir, data_dir, callbacks)
+    fresh = trainer.primary and not resume and (not run_dir.exists() or run_dir.is_dir() and not any(run_dir.iterdir()))
+    made = _first_missing(run_dir) if fresh else None
+    try:
+        return trainer.run(resume)
+    except BaseException:
+        if fresh and not (run_dir / "last.pt").exists():
+            _remove_unfinished(run_dir, made)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet; None when it exists."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _remove_unfinished(run_dir: Path, made: Path | None) -> None:
+    """Empty a run folder that was empty before this run; remove one this run created, with the parents it
+    created (``made``: the outermost of them) that are empty now."""
+    if made is None:
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for p in run_dir.parents:
+        if not p.is_relative_to(made) or not p.is_dir() or any(p.iterdir()):
+            break
+        p.rmdir()
 
 
 def resume_recipe(run_dir: Path) -> tuple[Recipe, int, int]:

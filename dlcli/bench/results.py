@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 import dlcli
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, UsageError
 from dlcli.runtime import Runtime, device_name
 
 
@@ -129,6 +129,28 @@ FIELDS: tuple[str, ...] = tuple(f.name for f in fields(BenchResult) if f.name !=
 )
 
 
+def check_csv(path: str | os.PathLike[str]) -> bool:
+    """``--csv PATH``, checked before anything is benchmarked: a file name (missing folders above it are made),
+    not a folder nor inside a file; an existing file must have the columns dlcli bench writes. Returns
+    whether the header is still to be written (a new or empty file)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--csv {p} is a folder; --csv takes a file name, e.g. {p / 'bench.csv'}")
+    base = next((a for a in p.parents if a.exists()), p.parent)  # the folder a mkdir would start from
+    if base.exists() and not base.is_dir():
+        raise UsageError(f"--csv {p} is inside {base}, which is a file; --csv takes a file name")
+    fresh = not p.exists() or p.stat().st_size == 0
+    if not fresh:
+        try:
+            with p.open(newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+        except (UnicodeDecodeError, csv.Error):  # not a CSV file dlcli wrote
+            header = []
+        if tuple(header) != FIELDS:
+            raise DlcliError(f"--csv {p}: the file has other columns than dlcli bench writes; use a new file")
+    return fresh
+
+
 def append_csv(path: str | os.PathLike[str], results: Sequence[BenchResult]) -> None:
     """Append one row per result; the header is written only when the file is new or empty.
 
@@ -136,12 +158,7 @@ def append_csv(path: str | os.PathLike[str], results: Sequence[BenchResult]) -> 
     silently misaligned table.
     """
     p = Path(path)
-    fresh = not p.exists() or p.stat().st_size == 0
-    if not fresh:
-        with p.open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-        if tuple(header) != FIELDS:
-            raise DlcliError(f"--csv {p}: the file has other columns than dlcli bench writes; use a new file")
+    fresh = check_csv(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("a", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(FIELDS))

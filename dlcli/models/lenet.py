@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlcli.errors import UsageError
 from dlcli.registry import register_model
 
 VARIANTS = {"classic": (nn.Tanh, nn.AvgPool2d), "modern": (nn.ReLU, nn.MaxPool2d)}
@@ -48,4 +49,7 @@ class LeNet5(nn.Module):
 @register_model("lenet5", input_shape=(1, 28, 28), kind="classifier",
                 summary="LeCun et al. 1998: conv-pool-conv-pool-120-84-10, tanh (61.7k parameters)")
 def lenet5(*, num_classes: int = 10, in_channels: int = 1, variant: str = "classic", input_size: int = 28) -> LeNet5:
+    if num_classes < 1 or in_channels < 1:
+        raise UsageError(f"lenet5: num_classes and in_channels must be at least 1 "
+                         f"(got {num_classes} and {in_channels})")
     return LeNet5(num_classes=num_classes, in_channels=in_channels, variant=variant, input_size=input_size)

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.batches import ImageBatches, images_to_float, translate
-from dlcli.classifier import accuracy_and_loss, build_classifier, data_meta, predict
+from dlcli.classifier import accuracy_and_loss, build_classifier, check_fits, data_meta, predict
 from dlcli.data import Split
+from dlcli.errors import DlcliError
 from dlcli.registry import register_task
 from dlcli.runtime import optimizer_step
 from dlcli.tasks.base import EvalResult, Task, TaskContext
@@ -31,6 +32,16 @@ __all__ = ["ClassifyTask", "predict", "accuracy_and_loss", "shift_batch"]
 def shift_batch(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image (B, C, H, W) by up to ``max_shift`` pixels, zero fill (``dlcli.batches.translate``)."""
     return translate(x, max_shift, generator)
+
+
+def worker_message(e: Exception) -> str:
+    """The message of an error raised in a DataLoader worker, without the "Caught ... in DataLoader worker
+    process N. Original Traceback ..." that torch wraps around it (an error raised in this process is as is)."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), text)
+    return last.split(f"{type(e).__name__}: ", 1)[-1].strip()
 
 
 class ClassifyTask(Task):
@@ -57,7 +68,9 @@ class ClassifyTask(Task):
         rt = self.runtime
         self.meta = data_meta(self.data.num_classes, self.data.class_names, self.data.input_shape, self.data.mean,
                               self.data.std)
-        self.model, self.raw = rt.prepare(build_classifier(self.recipe, self.meta))
+        model = build_classifier(self.recipe, self.meta)
+        check_fits(model, self.meta, self.recipe.model.name)
+        self.model, self.raw = rt.prepare(model)
         dev = rt.device
         rt.notes.extend(self.data.extra.get("notes", []))  # e.g. skipped corrupt images, a decoded-data cache
         # in-memory images (uint8 on the device), or None when the source streams its training images from a
@@ -111,9 +124,12 @@ class ClassifyTask(Task):
             kwargs = {"shuffle": True, "generator": torch.Generator().manual_seed(self.recipe.seed * 1000 + epoch)}
         loader = torch.utils.data.DataLoader(self.data.train_dataset, batch_size=per_rank, num_workers=self.workers,
                                              pin_memory=rt.device.type == "cuda", **kwargs)
-        for x, y in itertools.islice(loader, start_step, None):
-            x = images_to_float(x.to(rt.device, non_blocking=True))
-            yield x, y.to(rt.device, non_blocking=True), len(y) * rt.world_size
+        try:
+            for x, y in itertools.islice(loader, start_step, None):
+                x = images_to_float(x.to(rt.device, non_blocking=True))
+                yield x, y.to(rt.device, non_blocking=True), len(y) * rt.world_size
+        except DlcliError as e:  # raised in a worker: torch re-raises it with the worker's traceback as message
+            raise DlcliError(worker_message(e)) from None
 
     def train_steps(self, epoch: int, start_step: int) -> Iterator[dict[str, float]]:
         if start_step == 0:

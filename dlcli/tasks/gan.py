@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcli.batches import ImageBatches
-from dlcli.errors import DlcliError
 from dlcli.genmetrics import SIGMA_VAL_IMAGES
 from dlcli.registry import register_task
 from dlcli.runtime import optimizer_step
@@ -105,6 +104,8 @@ class GANTask(Task):
         self.warn_d_loss, self.warn_diversity = warn_d_loss, warn_diversity
 
         self.data = self.load_data()
+        if self.data.val is None or self.data.test is None:  # checked before a run folder exists, not at the end
+            raise ValueError("the gan task measures on validation and test images; keep data.args.val_size > 0")
         if self.data.kind != "images" or self.data.train is None:
             raise ValueError(f"the gan task needs images, got data source {self.recipe.data.source}")
         self.data_shape = tuple(int(d) for d in self.data.train.x.shape[1:])
@@ -396,8 +397,6 @@ class GANTask(Task):
         rt = self.runtime
         if rt.is_primary:
             write_grid(self._fixed_samples(), run_dir / "samples" / "final.png")
-        if self.data.val is None or self.data.test is None:
-            raise DlcliError("the gan task measures on validation and test images; keep data.args.val_size > 0")
         features = self.feature_net or optional_features(self.recipe.data.source, self.features, rt.device,
                                                          self.data_shape)
         samples = generate(self.pair, self.eval_samples, self.recipe.seed, self.noise, rt.device, self.data_shape,

@@ -140,16 +140,35 @@ def load_gan(checkpoint: dict[str, Any], device: torch.device | str) -> tuple[GA
     return pair.to(device).eval(), meta, recipe
 
 
+def check_sample_out(out: Path | None) -> None:
+    """``dlcli sample --out``: a .png file name (its folder made if missing), or an existing folder that gets
+    the default file name; anything else is a usage error before any sample is drawn."""
+    if out is None or out.is_dir():
+        return
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: expected a .png file name (or an existing folder to write "
+                         "sample-nN-seedS.png into)")
+    base = next((a for a in out.parents if a.exists()), out.parent)  # the folder a mkdir would start from
+    if base.exists() and not base.is_dir():
+        raise UsageError(f"--out {out} is inside {base}, which is a file; --out takes a .png file name")
+
+
 def sample_grid(checkpoint: dict[str, Any], n: int, seed: int, device: torch.device | str,
                 out: Path | None = None) -> dict[str, Any]:
-    """``dlcli sample``: ``n`` samples from seed ``seed`` as one grid PNG (default RUN/samples/sample-...)."""
+    """``dlcli sample``: ``n`` samples from seed ``seed`` as one grid PNG: ``out`` (a .png file, or a folder
+    for the default name sample-nN-seedS.png), by default in RUN/samples/."""
     if n < 1:
         raise UsageError(f"--n {n}: expected the number of samples, an integer >= 1")
     if seed < 0:
         raise UsageError(f"--seed {seed}: expected an integer >= 0")
+    check_sample_out(out)
     pair, meta, recipe = load_gan(checkpoint, device)
     images = generate(pair, n, seed, meta["noise"], device, meta["data_shape"], meta["fit"])
-    path = out or Path(checkpoint["path"]).parent / "samples" / f"sample-n{n}-seed{seed}.png"
+    name = f"sample-n{n}-seed{seed}.png"
+    if out is None:
+        path = Path(checkpoint["path"]).parent / "samples" / name
+    else:
+        path = out / name if out.is_dir() else out
     write_grid(images, path, nrow=max(1, math.ceil(math.sqrt(n))))
     return {"path": str(path), "n": n, "seed": seed, "recipe": recipe.name, "checkpoint": checkpoint["path"],
             "image_shape": list(images.shape[1:])}
