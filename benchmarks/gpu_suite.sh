@@ -304,7 +304,8 @@ PYEOF
 
 run_mnist() {
   PART_T0=$(date +%s)
-  step cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/
+  # -o addopts=: one process (the device may lack pytest-xdist, which pyproject.toml's -n 2 needs)
+  step cuda_tests 150 "$PY" -m pytest -q -o addopts= -p no:cacheprovider -m cuda tests/
   if [ "$DRY" = 1 ]; then
     # The same command lines on LeNet-5 (AlexNet and ResNet-50 take minutes on a small CPU), no --compile
     # (compiling takes minutes on a CPU).

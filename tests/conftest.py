@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N` (the default, pyproject.toml): N processes share the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread each, and in the commands the tests start
+    for _var in ("COLUMNS", "LINES"):  # execnet gives its workers an 80x24 terminal: dlcli's tables would fold
+        os.environ.pop(_var, None)
 if os.environ.get("DLCLI_DATA"):  # a relative DLCLI_DATA=../shared/data must survive the cli fixture's chdir
     os.environ["DLCLI_DATA"] = str(Path(os.environ["DLCLI_DATA"]).resolve())
 
