@@ -10,6 +10,7 @@ and re-exports its public names, so ``from dlcli.data import scan_image_folder``
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dlcli.data_core import DataBundle, Split, _val_split, register_dataset
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, UsageError
 
 # ------------------------------------------------------------------------------ scanning and decoding
 
@@ -390,6 +391,12 @@ def imagefolder(root: Path, seed: int, *, path: str | None = None, size: int = 2
     the run header; training images that cannot be decoded are replaced with a line naming each.
     ``train_size`` keeps a seeded random subset of the training images (quick runs).
     """
+    for key, values in (("mean", mean), ("std", std)):  # per RGB channel; the inputs are divided by std
+        ok = values is None or (isinstance(values, list) and len(values) == 3 and all(
+            isinstance(v, (int, float)) and math.isfinite(v) and (key == "mean" or v > 0) for v in values))
+        if not ok:
+            raise UsageError(f"data.args.{key}: expected 3 finite numbers (red, green, blue)"
+                             f"{', each > 0' if key == 'std' else ''}, or null for ImageNet's; got {values}")
     where = "give the folder with --set data.args.path=DIR"
     if path is None:
         raise DlcliError(f"no image folder given: {where} (a folder with train/<class>/<image> and "

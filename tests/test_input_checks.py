@@ -225,6 +225,15 @@ def test_mnist_normalisation(cli, tmp_path: Path, unreadable_data: Path, recipe:
     assert_usage_error(res, f"data.args.{key}", tmp_path)
 
 
+@pytest.mark.parametrize("key, value", [("std", "[0.2,0,0.2]"), ("std", "[0.2,0.2]"), ("std", "[.nan,1,1]"),
+                                        ("mean", "[0.5,0.5]"), ("mean", "[.inf,0,0]")])
+def test_image_folder_normalisation(cli, tmp_path: Path, key: str, value: str) -> None:
+    # checked before the folder is looked at (this one does not exist)
+    res = cli("train", "alexnet-imagefolder", "--set", f"data.args.{key}={value}", "--set",
+              f"data.args.path={tmp_path / 'none'}", *TRAIN)
+    assert_usage_error(res, f"data.args.{key}: expected 3 finite numbers", tmp_path)
+
+
 # ---------------------------------------------------------------------------------- recipe name (item 10)
 
 
