@@ -239,7 +239,7 @@ def train_cmd(
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
                                                           help="channels_last memory format.")] = None,
     out: Annotated[Optional[str], typer.Option(
-        "--out", help="Run folder, new or empty (default runs/<recipe>-<time>).")] = None,
+        "--out", help="Run folder, new or empty (default runs/RECIPE-YYYYmmdd-HHMMSS).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY=VALUE, e.g. optim.momentum=0.9.")] = None,
     resume: Annotated[Optional[str], typer.Option(
         "--resume", help="Continue the run in RUN_DIR from last.pt. With --epochs N on a finished run: train "
@@ -281,6 +281,12 @@ def train_cmd(
                              "AlexNet and ResNet-50 do: alexnet-imagefolder, resnet50-imagefolder)") from e
         raise
     if nproc_per_node is not None and nproc_per_node != 1:
+        from dlcli.registry import TASKS
+        from dlcli.tasks.base import one_process_message
+
+        if nproc_per_node > 1 and TASKS.get(r.task).one_process:  # before torchrun's start-up and its banners
+            raise UsageError(f"--nproc-per-node {nproc_per_node}: "
+                             f"{one_process_message(r.task, TASKS.get(r.task).one_process)}")
         if nproc_per_node > 1 and r.batch_size % nproc_per_node:
             raise UsageError(f"batch_size {r.batch_size} is not divisible by the {nproc_per_node} processes; it is "
                              f"the global batch: choose a multiple of {nproc_per_node}")
@@ -386,7 +392,7 @@ def verify_cmd(
     recipe: RecipeArg,
     device: DeviceOpt = None,
     out: Annotated[Optional[str], typer.Option(
-        "--out", help="Run folder, new or empty (default runs/<recipe>-<time>).")] = None,
+        "--out", help="Run folder, new or empty (default runs/RECIPE-YYYYmmdd-HHMMSS).")] = None,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:

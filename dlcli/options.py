@@ -26,4 +26,6 @@ DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Data root
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed, 0 to 2**32 - 1.",
                                                 callback=seed_callback)]
-PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16 | fp16 | tf32 (fp16/tf32 need CUDA).")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="auto | fp32 | bf16 | fp16 | tf32 (auto: bf16 where the hardware runs it natively, else fp32; "
+                         "fp16/tf32 need CUDA).")]

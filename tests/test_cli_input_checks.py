@@ -222,3 +222,32 @@ def test_bench_with_no_model_named_lists_the_valid_ones(cli):
     res = cli("bench", ",", "--json")
     _one_error(res, 2, "no model named in ','", "valid names: ", "lenet5", "or all")
     assert res.out == ""
+
+
+# ----------------------------------------------------------------------------------------- one process only
+
+
+@pytest.mark.parametrize("recipe, task", [("dcgan-mnist", "gan"), ("dqn-cartpole", "dqn"), ("autoencoder", "autoencode"),
+                                          ("sdae", "pretrain"), ("neocognitron", "neocognitron")])
+def test_a_one_process_task_is_refused_before_torchrun_starts(cli, tmp_path, monkeypatch, recipe, task):
+    import dlcli.cli
+
+    def started(*a):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(dlcli.cli, "_torchrun", started)
+    res = cli("train", recipe, "--nproc-per-node", "2", "--device", "cpu")
+    _one_error(res, 2, f"--nproc-per-node 2: the {task} task runs in one process (", "start it without torchrun")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_one_process_task_started_by_torchrun_itself_is_refused_in_each_rank():
+    from types import SimpleNamespace
+
+    from dlcli.config import load_recipe
+    from dlcli.registry import TASKS
+    from dlcli.tasks.base import TaskContext
+
+    ctx = TaskContext(load_recipe("dcgan-mnist"), SimpleNamespace(distributed=True))
+    with pytest.raises(ValueError, match=r"the gan task runs in one process \(DDP around its two discriminator"):
+        TASKS.get("gan")(ctx)

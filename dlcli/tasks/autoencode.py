@@ -78,6 +78,7 @@ def write_figures(model: nn.Module, images: torch.Tensor, out_dir: Path, title: 
 
 
 class AutoencodeTask(Task):
+    one_process = "its training is not split over ranks"
     monitor = "val_recon_error"
     monitor_mode = "min"
     progress_metric = "val_recon_error"
@@ -87,8 +88,6 @@ class AutoencodeTask(Task):
         if not 0 <= noise < 1 or sparsity < 0:
             raise ValueError(f"task_args: noise in [0, 1) and sparsity >= 0 are required (got {noise}, {sparsity})")
         rt = self.runtime
-        if rt.distributed:
-            raise ValueError("the autoencode task runs in one process; drop --nproc-per-node")
         self.noise, self.sparsity, self.pca = noise, sparsity, pca
         self.data = self.load_data()
         if self.data.kind != "images" or self.data.train is None:

@@ -62,6 +62,10 @@ class EvalResult:
     details: dict[str, Any] = field(default_factory=dict)  # extra JSON-only data (e.g. the confusion matrix)
 
 
+def one_process_message(task: str, reason: str) -> str:
+    return f"the {task} task runs in one process ({reason}); start it without torchrun / --nproc-per-node"
+
+
 class Task:
     """Base class; subclasses are registered with ``@register_task(name)``."""
 
@@ -70,11 +74,16 @@ class Task:
     monitor_mode: str = "min"
     #: the metric shown in the progress bar beside the loss
     progress_metric: str | None = None
+    #: why the task runs in one process only (None: it runs under torchrun, one shard of each batch per rank);
+    #: ``dlcli train --nproc-per-node`` refuses such a task before starting torchrun
+    one_process: str | None = None
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
         self.recipe = ctx.recipe
         self.runtime = ctx.runtime
+        if self.one_process and ctx.runtime.distributed:  # started under torchrun directly
+            raise ValueError(one_process_message(self.recipe.task, self.one_process))
 
     # --- set-up helpers shared by tasks ---------------------------------------------------------------
     def load_data(self) -> DataBundle:

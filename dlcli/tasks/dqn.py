@@ -105,6 +105,7 @@ class QPolicy:
 
 
 class DQNTask(Task):
+    one_process = "one learner steps its vectorised environments"
     monitor = "val_mean_return"
     monitor_mode = "max"
     progress_metric = "val_mean_return"
@@ -135,8 +136,6 @@ class DQNTask(Task):
                 raise ValueError(f"task_args: {what} is required")
         if self.recipe.env is None:
             raise ValueError("the dqn task needs an env: section (e.g. env: {id: CartPole-v1})")
-        if self.runtime.distributed:
-            raise ValueError("the dqn task runs in one process; start it without torchrun / --nproc-per-node")
         self.num_envs, self.env_steps_per_epoch, self.learning_starts = num_envs, env_steps_per_epoch, learning_starts
         self.train_every, self.gradient_steps = train_every, gradient_steps
         self.target_update, self.tau = target_update, tau

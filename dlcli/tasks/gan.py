@@ -68,6 +68,7 @@ _SUMS = ("d_loss", "g_loss", "d_x", "d_g_z")  # running sums per step, in this o
 
 
 class GANTask(Task):
+    one_process = "DDP around its two discriminator passes per step is not supported yet"
     monitor = None  # no validation metric to choose by: the last epoch is the result
     progress_metric = "d_x"
 
@@ -93,9 +94,6 @@ class GANTask(Task):
             raise ValueError("the gan task sets its learning rate and momentum from task_args (lr_decay, "
                              "momentum_final); set schedule.name: none")
         rt = self.runtime
-        if rt.distributed:
-            raise ValueError("the gan task runs in one process for now (DDP around two discriminator passes per "
-                             "step is not supported); drop --nproc-per-node")
         self.update, self.d_loss_scale, self.noise, self.fit = update, d_loss_scale, noise, fit
         self.lr_decay, self.lr_min = lr_decay, lr_min
         self.momentum_final, self.momentum_start, self.momentum_saturate = momentum_final, momentum_start, \

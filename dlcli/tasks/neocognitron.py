@@ -117,6 +117,7 @@ def patches_at(x: torch.Tensor, k: int, ib: torch.Tensor, ih: torch.Tensor, iw: 
 
 
 class NeocognitronTask(Task):
+    one_process = "its learning is not split over ranks"
     monitor = "val_accuracy"
     monitor_mode = "max"
     progress_metric = "val_accuracy"
@@ -124,8 +125,6 @@ class NeocognitronTask(Task):
     def __init__(self, ctx: TaskContext, *, learn_images: list[int] | None = None, learn_batch: int = 64,
                  q: float = 1.0, compete: int = 1, seed_candidates: int = 256) -> None:
         super().__init__(ctx)
-        if self.runtime.distributed:
-            raise ValueError("the neocognitron task runs in one process (its learning is not split over ranks)")
         self.data = self.load_data()
         if self.data.kind != "images" or not self.data.num_classes or self.data.train is None:
             raise ValueError(f"the neocognitron task needs labelled in-memory images, got data source "

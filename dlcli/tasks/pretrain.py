@@ -51,6 +51,7 @@ CODE_CHUNK = 4096  # images per forward pass when the codes of a layer are compu
 
 
 class PretrainTask(Task):
+    one_process = "its greedy layer-wise stages are not split over ranks"
     monitor = "val_accuracy"
     monitor_mode = "max"
     progress_metric = "val_accuracy"
@@ -72,8 +73,6 @@ class PretrainTask(Task):
                              "< 1, pretrain_weight_decay >= 0, finetune_steps >= 1 (or null) and gibbs_steps >= 1 "
                              "are required")
         rt = self.runtime
-        if rt.distributed:
-            raise ValueError("the pretrain task runs in one process; drop --nproc-per-node")
         self.method, self.pretrain, self.pretrain_epochs, self.k = method, pretrain, pretrain_epochs, cd_k
         self.finetune_steps, self.gibbs_steps = finetune_steps, gibbs_steps
         self.data = self.load_data()
