@@ -15,6 +15,7 @@ import typer
 
 from dlcli import __version__, report
 from dlcli.errors import DlcliError, UsageError
+from dlcli.paths import first_missing, prune_empty, refuse_file_in_the_way
 
 # click's base exception class, found through a public typer name (typer >= 0.20 vendors click privately).
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -158,22 +159,13 @@ def _resolve_recipe(
 _RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt")  # what marks a run folder
 
 
-def _check_out_folder(out: str, what: str) -> Path:
-    """``--out`` naming a folder to write into: it may not exist yet, but it is not a file (nor under one)."""
-    p = Path(out)
-    base = next((a for a in (p, *p.parents) if a.exists()), p)  # the folder a mkdir would start from
-    if base.exists() and not base.is_dir():
-        where = "is a file" if base == p else f"is inside {base}, which is a file"
-        raise UsageError(f"--out {out} {where}; --out takes a folder for {what}")
-    return p
-
-
 def _check_new_run_folder(out: str | None) -> None:
     """``train``/``verify --out DIR``: a new or empty folder. Another run's files there would mix two runs
     (its config.yaml overwritten, its checkpoints kept), a folder that contradicts itself."""
     if not out:
         return
-    p = _check_out_folder(out, "the run (a new or empty one)")
+    refuse_file_in_the_way("--out", out, "a folder for the run (a new or empty one)", folder=True)
+    p = Path(out)
     found = [name for name in _RUN_FILES if (p / name).exists()] if p.is_dir() else []
     if found:
         other = f"or `dlcli train --resume {out}` to continue it" if "last.pt" in found else "or remove this one"
@@ -284,9 +276,9 @@ def train_cmd(
         from dlcli.registry import TASKS
         from dlcli.tasks.base import one_process_message
 
-        if nproc_per_node > 1 and TASKS.get(r.task).one_process:  # before torchrun's start-up and its banners
-            raise UsageError(f"--nproc-per-node {nproc_per_node}: "
-                             f"{one_process_message(r.task, TASKS.get(r.task).one_process)}")
+        reason = TASKS.get(r.task).one_process
+        if nproc_per_node > 1 and reason:  # before torchrun's start-up and its banners
+            raise UsageError(f"--nproc-per-node {nproc_per_node}: {one_process_message(r.task, reason)}")
         if nproc_per_node > 1 and r.batch_size % nproc_per_node:
             raise UsageError(f"batch_size {r.batch_size} is not divisible by the {nproc_per_node} processes; it is "
                              f"the global batch: choose a multiple of {nproc_per_node}")
@@ -340,22 +332,20 @@ def eval_cmd(
     options = {k: v for k, v in (("episodes", episodes), ("render", render or None), ("features", features))
                if v is not None}
     if out:
-        _check_out_folder(out, "the figures")
+        refuse_file_in_the_way("--out", out, "a folder for the figures", folder=True)
     ckpt = load_checkpoint(path)
     r = recipe_of(ckpt)
     _check_eval_options(options, r, ckpt["path"])
     runtime = Runtime.create(device or "auto", seed=r.seed)
     out_dir = Path(out) if out else Path(ckpt["path"]).parent / f"eval-{split}"
-    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # innermost first
+    made = first_missing(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # the tasks write their figures into it
     try:
         res = TASKS.get(r.task).evaluate(ckpt, TaskContext(r, runtime, data_dir, eval_options=options), split,
                                          out_dir)
     finally:  # a failed evaluation (or one without figures) leaves no empty folder behind
-        for p in made:
-            if any(p.iterdir()):
-                break
-            p.rmdir()
+        if made is not None:
+            prune_empty(out_dir, made)
     payload = {"checkpoint": ckpt["path"], "recipe": r.name, "split": split, "metrics": res.metrics,
                "tables": [{"title": t, "columns": c, "rows": rows} for t, c, rows in res.tables],
                "figures": res.figures, **res.details}

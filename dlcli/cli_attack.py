@@ -15,6 +15,7 @@ import typer
 from dlcli import report
 from dlcli.errors import DlcliError, UsageError
 from dlcli.options import DataDirOpt, DeviceOpt, JsonOpt, seed_callback
+from dlcli.paths import refuse_file_in_the_way
 
 attack_app = typer.Typer(
     help="Adversarial attacks on a trained classifier: DeepFool, the fast gradient sign baseline, universal "
@@ -126,13 +127,8 @@ def _images(clf: Any, split: str, n: int, data_dir: str | None, option: str = "-
 
 def _check_out(out: str | None) -> None:
     """``--out`` names a folder (new or existing): a file there, or above it, is a usage error."""
-    if not out:
-        return
-    p = Path(out)
-    base = next((a for a in (p, *p.parents) if a.exists()), p)  # the folder a mkdir would start from
-    if base.exists() and not base.is_dir():
-        where = "is a file" if base == p else f"is inside {base}, which is a file"
-        raise UsageError(f"--out {out} {where}; --out takes a folder for the attack's results")
+    if out:
+        refuse_file_in_the_way("--out", out, "a folder for the attack's results", folder=True)
 
 
 def _out_dir(out: str | None, clf: Any, name: str) -> Path:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from dlcli.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from dlcli.config import Recipe, check_expectation, recipe_from_dict, to_yaml
 from dlcli.errors import ConfigError, DlcliError
+from dlcli.paths import first_missing, prune_empty
 from dlcli.plots import pyplot
 from dlcli.registry import TASKS
 from dlcli.runtime import Runtime, seed_everything
@@ -396,24 +397,15 @@ def train(
     A new run that fails before its first checkpoint (a model that breaks in its first step, a second Ctrl-C)
     leaves no folder behind: one holding only config.yaml would look like a run to ``eval`` and ``--resume``."""
     trainer = Trainer(recipe, runtime, run_dir, data_dir, callbacks)
-    fresh = trainer.primary and not resume and (not run_dir.exists() or run_dir.is_dir() and not any(run_dir.iterdir()))
-    made = _first_missing(run_dir) if fresh else None
+    fresh = trainer.primary and not resume and (
+        not run_dir.exists() or run_dir.is_dir() and not any(run_dir.iterdir()))
+    made = first_missing(run_dir) if fresh else None
     try:
         return trainer.run(resume)
     except BaseException:
         if fresh and not (run_dir / "last.pt").exists():
             _remove_unfinished(run_dir, made)
         raise
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` (itself included) that does not exist yet; None when it exists."""
-    missing = None
-    for p in (path, *path.parents):
-        if p.exists():
-            return missing
-        missing = p
-    return missing
 
 
 def _remove_unfinished(run_dir: Path, made: Path | None) -> None:
@@ -424,10 +416,7 @@ def _remove_unfinished(run_dir: Path, made: Path | None) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         return
     shutil.rmtree(run_dir, ignore_errors=True)
-    for p in run_dir.parents:
-        if not p.is_relative_to(made) or not p.is_dir() or any(p.iterdir()):
-            break
-        p.rmdir()
+    prune_empty(run_dir.parent, made)
 
 
 def resume_recipe(run_dir: Path) -> tuple[Recipe, int, int]:

@@ -14,6 +14,7 @@ import torch
 
 import dlcli
 from dlcli.errors import DlcliError, UsageError
+from dlcli.paths import refuse_file_in_the_way
 from dlcli.runtime import Runtime, device_name
 
 
@@ -136,9 +137,7 @@ def check_csv(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"--csv {p} is a folder; --csv takes a file name, e.g. {p / 'bench.csv'}")
-    base = next((a for a in p.parents if a.exists()), p.parent)  # the folder a mkdir would start from
-    if base.exists() and not base.is_dir():
-        raise UsageError(f"--csv {p} is inside {base}, which is a file; --csv takes a file name")
+    refuse_file_in_the_way("--csv", p, "a file name", folder=False)
     fresh = not p.exists() or p.stat().st_size == 0
     if not fresh:
         try:

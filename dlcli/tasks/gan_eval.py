@@ -35,6 +35,7 @@ from dlcli.genmetrics import (
     parzen,
 )
 from dlcli.models.gan import GANPair
+from dlcli.paths import refuse_file_in_the_way
 from dlcli.registry import build_model_with_defaults
 from dlcli.tasks.base import EvalResult, TaskContext
 
@@ -148,9 +149,7 @@ def check_sample_out(out: Path | None) -> None:
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: expected a .png file name (or an existing folder to write "
                          "sample-nN-seedS.png into)")
-    base = next((a for a in out.parents if a.exists()), out.parent)  # the folder a mkdir would start from
-    if base.exists() and not base.is_dir():
-        raise UsageError(f"--out {out} is inside {base}, which is a file; --out takes a .png file name")
+    refuse_file_in_the_way("--out", out, "a .png file name", folder=False)
 
 
 def sample_grid(checkpoint: dict[str, Any], n: int, seed: int, device: torch.device | str,
