@@ -58,8 +58,8 @@ def bare_loop(recipe: Any, x_all: Any, y_all: Any, mean: Any, std: Any, warmup: 
                                     input_size=32).to(dev)
     if recipe.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if recipe.compile:  # the recipe's mode, as dlcli compiles it (reduce-overhead: CUDA graphs)
-        net = torch.compile(net, mode=recipe.compile if isinstance(recipe.compile, str) else None)
+    if rt.compile:  # the recipe's mode as dlcli resolves it (reduce-overhead: CUDA graphs)
+        net = torch.compile(net, mode=rt.compile if isinstance(rt.compile, str) else None)
     o = recipe.optim
     opt = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay)

@@ -29,6 +29,8 @@ SCHEDULES = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 #: ``compile``'s torch.compile modes (``true`` = torch's default mode); reduce-overhead and max-autotune add CUDA graphs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: ``compile: auto`` (recipes of small nets whose GPU steps wait on kernel launches): reduce-overhead on one CUDA
+#: GPU, off elsewhere (``dlcli.runtime.resolve_compile``)
 #: keys that older dlcli versions wrote into checkpoints and that are ignored when such a recipe is read back
 LEGACY_KEYS = ("loss",)
 #: seeds are integers in [0, SEED_LIMIT): numpy's limit, and it keeps the per-step augmentation seed
@@ -93,7 +95,7 @@ class Recipe:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    compile: bool | str = False  # true (torch.compile's default mode) or one of COMPILE_MODES
+    compile: bool | str = False  # true (torch.compile's default mode), one of COMPILE_MODES, or auto
     channels_last: bool = False
     sync_batchnorm: bool = False  # BatchNorm statistics over all processes under torchrun
     expect: dict[str, str] = field(default_factory=dict)  # metric -> "OP NUMBER", e.g. ">= 0.99"
@@ -262,8 +264,8 @@ def _check_values(r: Recipe, source: str, check_builders: bool = True) -> None:
         fail("schedule.warmup_epochs", "a number >= 0 and finite", r.schedule.warmup_epochs)
     if r.precision not in PRECISIONS:
         fail("precision", "one of " + ", ".join(PRECISIONS), r.precision)
-    if isinstance(r.compile, str) and r.compile not in COMPILE_MODES:
-        fail("compile", "true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES), r.compile)
+    if isinstance(r.compile, str) and r.compile not in ("auto", *COMPILE_MODES):
+        fail("compile", "true, false, auto or a torch.compile mode: " + ", ".join(COMPILE_MODES), r.compile)
     for metric, text in r.expect.items():
         if not isinstance(text, str):
             fail(f"expect.{metric}", 'a string such as ">= 0.99"', text)

@@ -296,6 +296,23 @@ def test_precision_auto_follows_the_hardware():
     assert any(n.startswith("precision auto: " + rt.precision) for n in rt.notes)
 
 
+def test_compile_auto_records_cuda_graphs_on_one_gpu_only():
+    from dlcli.runtime import Runtime, resolve_compile
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    value, note = resolve_compile("auto", cuda, 1, has_triton=True)
+    assert value == "reduce-overhead" and note.startswith("compile auto: reduce-overhead")
+    for dev, world, triton, why in ((torch.device("cpu"), 1, True, "off on cpu"), (cuda, 2, True, "under torchrun"),
+                                    (cuda, 1, False, "Triton")):
+        value, note = resolve_compile("auto", dev, world, has_triton=triton)
+        assert value is False and why in note
+    for asked in (False, True, "max-autotune"):
+        assert resolve_compile(asked, cuda, 2, has_triton=False) == (asked, None)  # only auto is decided here
+    rt = Runtime.create("cpu", "fp32", compile="auto")
+    assert rt.compile is False and not rt.cuda_graphs
+    assert any(n.startswith("compile auto: off on cpu") for n in rt.notes)
+
+
 def test_optimizer_step_clips_the_global_norm():
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = torch.optim.SGD([w], lr=1.0)

@@ -226,6 +226,9 @@ def test_each_cifar_recipe_trains_one_tiny_epoch_end_to_end(cli, mini_cifar, tmp
     result = res.json()
     assert result["header"]["train_samples"] == 48 and result["header"]["steps_per_epoch"] == 3
     assert result["header"]["precision"] == "fp32" or torch.cuda.is_available()  # auto: no native bf16 here
+    if load_recipe(recipe).compile == "auto":  # resnet56-cifar10: CUDA graphs on a GPU, nothing compiled here
+        assert result["header"]["compile"] is False
+        assert any(n.startswith("compile auto: off on cpu") for n in result["header"]["notes"])
     assert 0 <= result["final"]["test_accuracy"] <= 1 and {"best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
     assert [e["met"] for e in result["expect"]] == [False]  # one epoch on 48 images does not reach the bar
 

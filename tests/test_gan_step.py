@@ -115,7 +115,7 @@ def test_fused_optimisers_match_the_loop_on_the_cpu():
     for value, why in (("yes", "auto, true or false"), (True, "adadelta has no fused implementation")):
         with pytest.raises(ConfigError, match=why):
             apply_overrides(recipe, {"optim.name": "adadelta", "optim.fused": value})
-    with pytest.raises(ConfigError, match="compile: expected true, false or a torch.compile mode"):
+    with pytest.raises(ConfigError, match="compile: expected true, false, auto or a torch.compile mode"):
         apply_overrides(recipe, {"compile": "fast"})
 
 
