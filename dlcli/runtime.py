@@ -144,7 +144,7 @@ def resolve_compile(compile: bool | str, device: torch.device, world_size: int =
         try:
             from torch.utils._triton import has_triton as _has_triton
             has_triton = bool(_has_triton())
-        except Exception:  # a torch without the helper: let torch.compile say what is missing
+        except ImportError:  # a torch without the helper: let torch.compile say what is missing
             has_triton = True
     if not has_triton:
         return False, "compile auto: off (torch.compile needs Triton for CUDA, and it is not installed)"
