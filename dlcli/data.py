@@ -124,9 +124,9 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def function1d(root: Path, seed: int, *, fn: str = "sin_mix", n_train: int = 512, n_grid: int = 4001) -> DataBundle:
     """Training points drawn uniformly from [0, 1]; the test split is a dense, evenly spaced grid."""
     if fn not in FUNCTIONS:
-        raise DlcliError(f"data.args.fn: unknown function {fn!r}; valid names: {', '.join(FUNCTIONS)}")
+        raise UsageError(f"data.args.fn: unknown function {fn!r}; valid names: {', '.join(FUNCTIONS)}")
     if n_train < 2 or n_grid < 2:
-        raise DlcliError("data.args.n_train and n_grid must be at least 2")
+        raise UsageError("data.args.n_train and n_grid must be at least 2")
     f = FUNCTIONS[fn]
     g = torch.Generator().manual_seed(seed)
     xt = torch.rand(n_train, 1, generator=g)
@@ -219,13 +219,13 @@ def class_balanced(y: torch.Tensor, labels: int, num_classes: int, seed: int) ->
     of each class, one more for the first ``labels % num_classes`` classes; sorted."""
     counts = torch.bincount(y, minlength=num_classes)
     if not num_classes <= labels <= len(y):
-        raise DlcliError(f"data.args.labels must be in [{num_classes}, {len(y)}] (a class-balanced labelled subset "
+        raise UsageError(f"data.args.labels must be in [{num_classes}, {len(y)}] (a class-balanced labelled subset "
                          f"of the {len(y)} training images; null for all), got {labels}")
     quota = [labels // num_classes + (1 if c < labels % num_classes else 0) for c in range(num_classes)]
     short = [c for c in range(num_classes) if quota[c] > counts[c]]
     if short:
         top = num_classes * int(counts.min())
-        raise DlcliError(f"data.args.labels {labels} cannot be class-balanced: class {short[0]} has only "
+        raise UsageError(f"data.args.labels {labels} cannot be class-balanced: class {short[0]} has only "
                          f"{int(counts[short[0]])} training images; at most {top}, or null for all labels")
     g = torch.Generator().manual_seed(30_000 + seed)
     picked = []
@@ -287,7 +287,7 @@ def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, 
     test_x, test_y = _idx_split(source, folder, root, train=False)
     classes = IDX_CLASSES[source]
     if train_size is not None and not 1 <= train_size <= len(x) - val_size:
-        raise DlcliError(f"data.args.train_size must be in [1, {len(x) - val_size}] (or null for all), "
+        raise UsageError(f"data.args.train_size must be in [1, {len(x) - val_size}] (or null for all), "
                          f"got {train_size}")
     train, val = _val_split(x, y, val_size, seed)
     if train_size is not None:  # a random subset (the split is already a seeded permutation): for quick runs
@@ -296,7 +296,7 @@ def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, 
     extra: dict[str, Any] = {}
     if labels is not None:  # a label budget: the rest of the training images stay, unlabelled (y = -1)
         if not in_memory:
-            raise DlcliError("data.args.labels needs in_memory: true")
+            raise UsageError("data.args.labels needs in_memory: true")
         pos = class_balanced(train.y, labels, len(classes), seed)
         rest = torch.ones(len(train), dtype=torch.bool)
         rest[pos] = False

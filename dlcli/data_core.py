@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from dlcli.errors import DlcliError
+from dlcli.errors import UsageError
 from dlcli.registry import Registry
 
 DATASETS: Registry[Callable[..., "DataBundle"]] = Registry("data source")
@@ -51,7 +51,7 @@ class DataBundle:
 def _val_split(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int) -> tuple[Split, Split | None]:
     """Hold out ``val_size`` random training examples (a fixed permutation of ``seed``) for validation."""
     if val_size < 0 or val_size >= len(x):
-        raise DlcliError(f"data.args.val_size must be in [0, {len(x) - 1}], got {val_size}")
+        raise UsageError(f"data.args.val_size must be in [0, {len(x) - 1}], got {val_size}")
     if val_size == 0:
         return Split(x, y), None
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))

@@ -280,11 +280,11 @@ def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | No
 
 def _check_sizes(n_train: int, n_test: int, val_size: int, train_size: int | None, test_size: int | None) -> None:
     if not 0 <= val_size < n_train:
-        raise DlcliError(f"data.args.val_size must be in [0, {n_train - 1}], got {val_size}")
+        raise UsageError(f"data.args.val_size must be in [0, {n_train - 1}], got {val_size}")
     if train_size is not None and not 1 <= train_size <= n_train - val_size:
-        raise DlcliError(f"data.args.train_size must be in [1, {n_train - val_size}] (or null for all), got {train_size}")
+        raise UsageError(f"data.args.train_size must be in [1, {n_train - val_size}] (or null for all), got {train_size}")
     if test_size is not None and not 1 <= test_size <= n_test:
-        raise DlcliError(f"data.args.test_size must be in [1, {n_test}] (or null for all), got {test_size}")
+        raise UsageError(f"data.args.test_size must be in [1, {n_test}] (or null for all), got {test_size}")
 
 
 def _cifar10_subset(train_index: FolderIndex, test_index: FolderIndex, seed: int, val_size: int,
@@ -408,7 +408,7 @@ def imagefolder(root: Path, seed: int, *, path: str | None = None, size: int = 2
         raise DlcliError(f"image folder {base} not found or incomplete: expected {base}/train/<class>/<image> and "
                          f"{base}/val/<class>/<image> (jpg, png, ...); {where}")
     if size < 16 or resize < size:
-        raise DlcliError(f"data.args: size must be >= 16 and resize >= size (got size {size}, resize {resize})")
+        raise UsageError(f"data.args: size must be >= 16 and resize >= size (got size {size}, resize {resize})")
     t0 = time.perf_counter()
     train_index = scan_image_folder(base / "train")
     _check_classes(train_index, "put each class's training images in its own folder")
@@ -417,7 +417,7 @@ def imagefolder(root: Path, seed: int, *, path: str | None = None, size: int = 2
         notes.append(f"train/: skipped {len(train_index.skipped)} empty image file(s), e.g. {train_index.skipped[0]}")
     if train_size is not None:
         if not 1 <= train_size <= len(train_index):
-            raise DlcliError(f"data.args.train_size must be in [1, {len(train_index)}] (or null for all), "
+            raise UsageError(f"data.args.train_size must be in [1, {len(train_index)}] (or null for all), "
                              f"got {train_size}")
         keep = sorted(torch.randperm(len(train_index), generator=torch.Generator().manual_seed(10_000 + seed))
                       [:train_size].tolist())

@@ -11,7 +11,7 @@ from torch import nn
 
 from dlcli.config import check_expectation, load_recipe
 from dlcli.data import load_data
-from dlcli.errors import DlcliError
+from dlcli.errors import DlcliError, UsageError
 from dlcli.models.alexnet_cifar import alexnet_cifar
 from dlcli.models.cifar_resnet import BasicBlock, ShortcutA, he_cifar_resnet, resnet18_cifar
 from dlcli.registry import build_model
@@ -193,7 +193,7 @@ def test_cifar10_subsets_for_quick_runs(mini_cifar, tmp_path, val_size):
     keep = torch.randperm(40, generator=torch.Generator().manual_seed(20_000 + 3))[:7]
     assert torch.equal(b.test.x, full.test.x[keep]) and torch.equal(b.test.y, full.test.y[keep])
     assert not list((tmp_path / "cache").glob("cifar10-*.pt"))  # a subset is never cached as CIFAR-10
-    with pytest.raises(DlcliError, match="train_size must be in \\[1, 100\\]"):
+    with pytest.raises(UsageError, match="train_size must be in \\[1, 100\\]"):  # a recipe value: exit 2
         load_data("cifar10", {"val_size": 20, "train_size": 101, "cache": False}, mini_cifar, seed=0)
 
 

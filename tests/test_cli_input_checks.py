@@ -125,6 +125,15 @@ def test_train_into_an_existing_empty_folder_is_fine(cli, tmp_path):
     assert (tmp_path / "empty" / "summary.json").is_file() and (tmp_path / "empty" / "last.pt").is_file()
 
 
+@pytest.mark.parametrize("setting,fragment", [("data.args.fn=foo", "unknown function 'foo'"),
+                                             ("data.args.n_train=1", "must be at least 2")])
+def test_a_bad_data_value_is_a_usage_error(cli, tmp_path, setting, fragment):
+    """A data source's range check is input the user fixes in the recipe: exit 2, like every other bad value."""
+    res = cli("train", "approx", *TINY_APPROX, "--set", setting, "--out", str(tmp_path / "run"))
+    _one_error(res, 2, "data.args.", fragment)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_out_is_refused(cli, tmp_path, approx_run):
     old = _copy(approx_run, tmp_path)
     before = _snapshot(tmp_path)

@@ -129,7 +129,7 @@ def test_train_size_takes_a_subset_of_the_training_split(data_dir):
     part = load_data("mnist", {"val_size": 5000, "train_size": 1000}, data_dir, seed=0)
     assert len(full.train) == 55_000 and len(part.train) == 1000 and len(part.test) == 10_000
     assert torch.equal(part.train.x, full.train.x[:1000]) and torch.equal(part.val.x, full.val.x)
-    with pytest.raises(DlcliError, match="train_size"):
+    with pytest.raises(UsageError, match="train_size"):  # a recipe value the user fixes: exit 2, not 1
         load_data("mnist", {"val_size": 5000, "train_size": 55_001}, data_dir, seed=0)
 
 
