@@ -238,3 +238,25 @@ def test_download_error_is_not_swallowed_for_urllib(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
     with pytest.raises(DlcliError, match="download failed: <urlopen error"):
         dlcli.data.load_data("mnist", {}, tmp_path, seed=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compile_auto_trains_with_cuda_graphs_on_a_gpu(cli, data_dir, tmp_path):
+    """``compile: auto`` on one CUDA GPU is reduce-overhead: the step and the evaluation replay CUDA graphs (the
+    classifier copies each replayed batch's logits), the header says so, and the checkpoint holds the plain
+    model, which ``dlcli eval`` scores the same without compiling."""
+    run = tmp_path / "run"
+    res = cli("train", "lenet", "--epochs", "1", "--device", "cuda", "--precision", "fp32", "--set",
+              "compile=auto", "--set", "data.args.train_size=8192", "--data-dir", str(data_dir), "--out", str(run),
+              "--json")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["header"]["compile"] == "reduce-overhead"
+    assert any(n.startswith("compile auto: reduce-overhead") for n in out["header"]["notes"])
+    acc = out["final"]["test_accuracy"]
+    assert 0.5 < acc <= 1  # 8,192 images, one epoch: well above chance (10%)
+    ev = cli("eval", str(run), "--device", "cuda", "--data-dir", str(data_dir), "--json")
+    assert ev.code == 0, ev.err
+    assert abs(ev.json()["metrics"]["accuracy"] - acc) < 2e-3  # the uncompiled model, same test split
+
