@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,25 @@ def _load_curve(path: str) -> dict[int, dict[str, float]]:
     return curve
 
 
+def steady_epoch_s(curve: dict[int, dict[str, float]]) -> float | None:
+    """Median training seconds of epochs 2, 3, ... (the first carries compilation and warm-up), from the
+    cumulative ``train_time_s`` of consecutive epochs; None where the curve has no times."""
+    times = [(e, r.get("train_time_s")) for e, r in sorted(curve.items())]
+    deltas = [t1 - t0 for (e0, t0), (e1, t1) in zip(times, times[1:])
+              if e1 == e0 + 1 and t0 is not None and t1 is not None]
+    return statistics.median(deltas) if deltas else None
+
+
 def compare(curves: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
-    """Each run's gaps to the first, over the epochs both reached (accuracies as fractions)."""
+    """Each run's gaps to the first, over the epochs both reached (accuracies as fractions), and its steady
+    time per epoch."""
     labels = list(curves)
     ref = curves[labels[0]]
     out: dict[str, Any] = {"reference": labels[0], "runs": {}}
     for label in labels:
         c = curves[label]
-        run: dict[str, Any] = {"epochs": max(c), "last_test_accuracy": c[max(c)]["test_accuracy"]}
+        run: dict[str, Any] = {"epochs": max(c), "last_test_accuracy": c[max(c)]["test_accuracy"],
+                               "steady_epoch_s": steady_epoch_s(c)}
         common = sorted(set(ref) & set(c))
         if label != labels[0] and common:
             gaps = {e: c[e]["test_accuracy"] - ref[e]["test_accuracy"] for e in common}
@@ -89,15 +101,21 @@ def table(curves: dict[str, dict[int, dict[str, float]]], every: int) -> str:
 
 def summary(res: dict[str, Any]) -> str:
     lines = []
+    ref_s = res["runs"][res["reference"]]["steady_epoch_s"]
     for label, r in res["runs"].items():
+        speed = ""
+        if r["steady_epoch_s"] is not None:
+            speed = f"; {r['steady_epoch_s']:.3f} s per epoch after the first (median)"
+            if label != res["reference"] and ref_s:
+                speed += f", {r['steady_epoch_s'] / ref_s:.2f}x {res['reference']}'s"
         if "gap_at_last" not in r:
-            lines.append(f"{label}: {r['epochs']} epochs, test {r['last_test_accuracy']:.2%} at the last")
+            lines.append(f"{label}: {r['epochs']} epochs, test {r['last_test_accuracy']:.2%} at the last{speed}")
             continue
         lines.append(
             f"{label} - {res['reference']}: {r['gap_at_last'] * 100:+.2f} points at epoch {r['last_common_epoch']} "
             f"(test {r['last_test_accuracy']:.2%} after {r['epochs']} epochs); largest gap "
             f"{r['max_abs_gap'] * 100:.2f} points (epoch {r['max_gap_epoch']}), mean {r['mean_abs_gap'] * 100:.2f} "
-            f"over {r['common_epochs']} epochs")
+            f"over {r['common_epochs']} epochs{speed}")
     return "\n".join(lines)
 
 

@@ -59,6 +59,24 @@ def test_gaps_from_the_three_sources(tmp_path, capsys):
     assert "-5.00" not in out and "+1.00 points at epoch 3" in out
 
 
+def test_steady_epoch_times_and_their_ratio(capsys, tmp_path):
+    # cumulative training seconds: epoch 1 compiles (50 s), then 2, 2, 3 s (bf16) and 4, 4, 6 s (fp32)
+    bf16 = {e: {"test_accuracy": 0.5, "train_time_s": t} for e, t in zip((1, 2, 3, 4), (50.0, 52.0, 54.0, 57.0))}
+    fp32 = {e: {"test_accuracy": 0.5, "train_time_s": t} for e, t in zip((1, 2, 3, 4), (60.0, 64.0, 68.0, 74.0))}
+    assert twins.steady_epoch_s(bf16) == 2.0 and twins.steady_epoch_s(fp32) == 4.0  # medians of (2,2,3), (4,4,6)
+    gappy = {1: {"test_accuracy": 0.1, "train_time_s": 9.0}, 3: {"test_accuracy": 0.2, "train_time_s": 20.0}}
+    assert twins.steady_epoch_s(gappy) is None  # epochs 1 and 3 are not consecutive: no epoch's own time
+    assert twins.steady_epoch_s(twins.load_curve(str(_write(tmp_path, _rows([0.1, 0.2]))))) is None  # no times
+    print(twins.summary(twins.compare({"bf16": bf16, "fp32": fp32})))
+    assert "4.000 s per epoch after the first (median), 2.00x bf16's" in capsys.readouterr().out
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "curve.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def test_a_single_line_progress_file_and_a_missing_step(tmp_path):
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps(_rows([0.3])[0]) + "\n")
@@ -80,6 +98,15 @@ def test_time_to_accuracy_targets_the_recipes_own_expectation():
     assert tta.recipe_target(load_recipe("resnet56-cifar10").expect) == 0.9303  # the paper's 6.97% error
     assert tta.recipe_target(load_recipe("alexnet-cifar10").expect) == 0.86
     assert tta.recipe_target(load_recipe("resnet50-imagefolder").expect) is None  # your data: no promise
+
+
+def test_steady_epoch_time_leaves_out_the_first_epoch():
+    tta = _script("cifar_time_to_accuracy")
+    # the sixth GPU session's ResNet-56 with CUDA graphs began 52.238, 55.086, 57.591, 61.179, 63.696 s
+    rows = [{"train_time_s": t} for t in (52.238, 55.086, 57.591, 61.179, 63.696)]
+    # epochs 2-5 took 2.848, 2.505, 3.588, 2.517 s: the median of four is the mean of the middle two
+    assert tta.steady_epoch_s(rows) == pytest.approx((2.517 + 2.848) / 2, abs=1e-3)
+    assert tta.steady_epoch_s(rows[:1]) is None and tta.steady_epoch_s([]) is None
 
 
 def test_aten_calls_counts_what_python_calls_not_what_runs_inside():
