@@ -85,6 +85,9 @@ def bench(
         False
     ),
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compiled in warm-up).")] = False,
+    compile_mode: Annotated[Optional[str], typer.Option(
+        "--compile-mode", help="torch.compile with this mode (implies --compile): default, reduce-overhead (CUDA "
+        "graphs: for nets whose steps wait on kernel launches), max-autotune, max-autotune-no-cudagraphs.")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed steps first [default: 2 on CPU, 10 on CUDA].")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Timed steps [default: 10 on CPU, 50 on CUDA].")] = None,
     input_size: Annotated[
@@ -126,7 +129,7 @@ def bench(
         batch_size=batch_size,
         precision=precision.value,
         channels_last=channels_last,
-        compile=compile,
+        compile=compile_mode if compile_mode is not None else compile,
         warmup=warmup,
         steps=steps,
         input_shape=parse_input_size(input_size) if input_size is not None else None,

@@ -387,6 +387,8 @@ def test_a_model_without_input_shape_needs_input_size(temp_model):
         (BenchSpec("lenet5", batch_size=0), "--batch-size 0"),
         (BenchSpec("lenet5", steps=0), "--steps 0"),
         (BenchSpec("lenet5", compile=True, warmup=0), "--compile needs at least one warm-up step"),
+        (BenchSpec("lenet5", compile="reduce-overhead", warmup=0), "--compile needs at least one warm-up step"),
+        (BenchSpec("lenet5", compile="fast"), "--compile-mode 'fast': expected one of default, reduce-overhead"),
         (BenchSpec("lenet5", batch_size=8, auto_batch=True), "drop --batch-size or --auto-batch"),
         (BenchSpec("lenet5", device="cpu", precision="fp16"), "fp16 needs a CUDA device"),
         (BenchSpec("lenet5", device="cpu", precision="tf32"), "tf32"),
@@ -502,6 +504,22 @@ def test_child_argv_reproduces_every_option():
         assert part in joined
     assert "--auto-batch" not in argv
     assert "--mode both" in " ".join(bench.child_argv(BenchSpec("x")))
+    graphs = bench.child_argv(BenchSpec("x", compile="reduce-overhead"))  # a mode travels as --compile-mode MODE
+    assert graphs[graphs.index("--compile-mode") + 1] == "reduce-overhead" and "--compile" not in graphs
+    assert "--compile-mode" not in argv
+
+
+def test_every_timed_step_starts_a_cuda_graph_replay(monkeypatch):
+    """Under --compile-mode reduce-overhead each step is one replay of its CUDA graphs: the workload marks its
+    start (``Runtime.mark_step``, a no-op without graphs) in warm-up and timed steps, in both modes."""
+    from dlcli.runtime import Runtime
+
+    calls = []
+    monkeypatch.setattr(Runtime, "mark_step", lambda self: calls.append(self.device.type))
+    for mode in ("infer", "train"):
+        calls.clear()
+        run_benchmark(BenchSpec("mlp", device="cpu", modes=(mode,), batch_size=4, warmup=2, steps=3))
+        assert calls == ["cpu"] * 5, mode
 
 
 # ----------------------------------------------------------------------------------------- the CLI
@@ -677,3 +695,14 @@ def test_cuda_compile_runs():
     (r,) = run_benchmark(BenchSpec("lenet5", device="cuda", modes=("train",), compile=True, batch_size=64,
                                    warmup=2, steps=3))
     assert r.compile and r.samples_per_s > 0
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_graphs_run_in_both_modes():
+    """--compile-mode reduce-overhead: torch.compile's CUDA graphs, replayed in the timed steps of both modes."""
+    results = run_benchmark(BenchSpec("lenet5", device="cuda", compile="reduce-overhead", batch_size=64, warmup=3,
+                                      steps=5))
+    assert [r.mode for r in results] == ["infer", "train"]
+    assert all(r.compile == "reduce-overhead" and r.samples_per_s > 0 for r in results)

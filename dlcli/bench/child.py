@@ -34,9 +34,11 @@ def child_argv(spec: BenchSpec) -> list[str]:
             argv += [flag, str(value)]
     if spec.input_shape is not None:
         argv += ["--input-size", ",".join(str(d) for d in spec.input_shape)]
+    if isinstance(spec.compile, str):
+        argv += ["--compile-mode", spec.compile]
     for flag, on in (
         ("--channels-last", spec.channels_last),
-        ("--compile", spec.compile),
+        ("--compile", spec.compile is True),
         ("--detail", spec.detail),
         ("--auto-batch", spec.auto_batch),
     ):

@@ -75,7 +75,7 @@ class BenchResult:
     input_shape: tuple[int, ...]  # one sample
     precision: str
     channels_last: bool
-    compile: bool
+    compile: bool | str  # False, True (torch.compile's default mode) or the mode, e.g. "reduce-overhead"
     warmup: int
     steps: int
     samples_per_s: float  # steps * batch_size / synchronised wall time of the timed loop

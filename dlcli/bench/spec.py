@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from dlcli.config import COMPILE_MODES
 from dlcli.errors import UsageError
 
 MODES = ("infer", "train")  # the order "both" runs them in
@@ -30,7 +31,7 @@ class BenchSpec:
     batch_size: int | None = None
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # True: torch.compile's default mode, or a mode (--compile-mode reduce-overhead)
     warmup: int | None = None
     steps: int | None = None
     input_shape: tuple[int, ...] | None = None  # one sample, e.g. (3, 224, 224); None: the registered shape
@@ -77,6 +78,8 @@ def validate_spec(spec: BenchSpec) -> None:
         raise UsageError(f"--warmup {spec.warmup}: must be 0 or more")
     if spec.steps is not None and spec.steps < 1:
         raise UsageError(f"--steps {spec.steps}: must be at least 1")
+    if isinstance(spec.compile, str) and spec.compile not in COMPILE_MODES:
+        raise UsageError(f"--compile-mode {spec.compile!r}: expected one of {', '.join(COMPILE_MODES)}")
     if spec.compile and spec.warmup == 0:
         raise UsageError("--compile needs at least one warm-up step, or compilation would be timed: --warmup 1 or more")
     if spec.workers is not None and spec.workers < 0:

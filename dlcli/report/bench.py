@@ -88,7 +88,7 @@ def results_table(results: Sequence["BenchResult"], *, detail: bool = False) -> 
     title = "dlcli bench"
     if first is not None:
         opts = [first.precision] + (["channels_last"] if first.channels_last else [])
-        opts += ["compile"] if first.compile else []
+        opts += [f"compile {first.compile}" if isinstance(first.compile, str) else "compile"] if first.compile else []
         title += f" on {first.env.device} ({first.env.device_name}), {', '.join(opts)}"
     t = report.table(title, columns, rows, caption=FLOPS_NOTE)
     text_columns = {"model", "mode", "data"}
