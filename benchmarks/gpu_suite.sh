@@ -437,7 +437,8 @@ run_precision() {
 # final sample quality; the LeNet of FEATURES, else one trained first), cifar_graphs (the whole recipes of
 # GRAPHS_RECIPES, default "resnet56-cifar10 resnet20-cifar10", compiled with CUDA graphs: compile=reduce-overhead;
 # a ResNet-20 step of 128 images took about 10 ms on the H200, for 31 GFLOP: 0.2 ms at a fifth of its bf16
-# peak; the rest is kernel launches and Python, which a graph replays as one launch).
+# peak; the rest is kernel launches and Python, which a graph replays as one launch), graphs_bench (`dlcli
+# bench` training steps of resnet20 and resnet56, bf16, channels-last, eager and --compile-mode reduce-overhead).
 # The runs' small files come back in
 # OUT/runs.tar.gz (checkpoints under 8 MB, summaries, metric logs) for attacks and evaluation elsewhere,
 # and the long GAN run's samples in OUT/gan-mnist-samples.png.
@@ -554,6 +555,15 @@ PYEOF
   fi
   [[ "$tail" == *" resnet50_compile "* ]] && [ "$DRY" != 1 ] && step bench_resnet50_bf16_cl_compile 150 "$PY" -m dlcli \
     bench resnet50 --device cuda --mode train --precision bf16 --channels-last --compile --batch-size 256 --json
+  if [[ "$tail" == *" graphs_bench "* ]] && [ "$DRY" != 1 ]; then  # eager against CUDA graphs, training steps
+    local m
+    for m in resnet20 resnet56; do
+      local g=("$PY" -m dlcli bench "$m" --device cuda --mode train --precision bf16 --channels-last --warmup 30
+               --steps 200 --json)
+      step "bench_${m}_eager" 60 "${g[@]}"
+      step "bench_${m}_graphs" 120 "${g[@]}" --compile-mode reduce-overhead
+    done
+  fi
   if [[ "$tail" == *" cifar_graphs "* ]] && [ "$DRY" != 1 ]; then  # inductor takes minutes on a CI CPU
     local r
     for r in ${GRAPHS_RECIPES:-resnet56-cifar10 resnet20-cifar10}; do  # each timed to its own expectation
