@@ -126,13 +126,15 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
 
 
 def resolve_compile(compile: bool | str, device: torch.device, world_size: int = 1,
-                    has_triton: bool | None = None) -> tuple[bool | str, str | None]:
+                    has_triton: bool | None = None, c_compiler: str | None = "") -> tuple[bool | str, str | None]:
     """``compile: auto`` made concrete, with the reason for the run header; other values pass through.
 
     CUDA graphs pay where a step waits on kernel launches rather than arithmetic: ResNet-56 trained an epoch in
     2.45 s on an H200 with them, against about 3 s for an *eager* ResNet-20 (benchmarks/RESULTS.md, sixth GPU
     session), for about 50 s of compilation once. On the CPU compilation takes minutes and there are no graphs;
-    under torchrun (DDP) the combination has not been measured, so ``auto`` stays off there."""
+    under torchrun (DDP) the combination has not been measured, so ``auto`` stays off there; and it needs
+    Triton, which builds its launchers with a C compiler (``$CC``, cc, gcc or clang) at the first step.
+    ``has_triton`` and ``c_compiler`` (None: none found) are for tests; by default they are looked up."""
     if compile != "auto":
         return compile, None
     if device.type != "cuda":
@@ -148,6 +150,10 @@ def resolve_compile(compile: bool | str, device: torch.device, world_size: int =
             has_triton = True
     if not has_triton:
         return False, "compile auto: off (torch.compile needs Triton for CUDA, and it is not installed)"
+    if c_compiler == "":
+        c_compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
+    if c_compiler is None:
+        return False, "compile auto: off (Triton needs a C compiler: set CC or install gcc)"
     return "reduce-overhead", ("compile auto: reduce-overhead (CUDA graphs: this net's steps wait on kernel "
                                "launches; the first epoch compiles, about a minute)")
 

@@ -300,11 +300,12 @@ def test_compile_auto_records_cuda_graphs_on_one_gpu_only():
     from dlcli.runtime import Runtime, resolve_compile
 
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    value, note = resolve_compile("auto", cuda, 1, has_triton=True)
+    value, note = resolve_compile("auto", cuda, 1, has_triton=True, c_compiler="gcc")
     assert value == "reduce-overhead" and note.startswith("compile auto: reduce-overhead")
-    for dev, world, triton, why in ((torch.device("cpu"), 1, True, "off on cpu"), (cuda, 2, True, "under torchrun"),
-                                    (cuda, 1, False, "Triton")):
-        value, note = resolve_compile("auto", dev, world, has_triton=triton)
+    for dev, world, triton, cc, why in ((torch.device("cpu"), 1, True, "gcc", "off on cpu"),
+                                        (cuda, 2, True, "gcc", "under torchrun"), (cuda, 1, False, "gcc", "Triton"),
+                                        (cuda, 1, True, None, "needs a C compiler")):
+        value, note = resolve_compile("auto", dev, world, has_triton=triton, c_compiler=cc)
         assert value is False and why in note
     for asked in (False, True, "max-autotune"):
         assert resolve_compile(asked, cuda, 2, has_triton=False) == (asked, None)  # only auto is decided here
