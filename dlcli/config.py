@@ -27,10 +27,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 #: the one place that names precisions; "auto" = bf16 where the hardware runs it natively, else fp32
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-#: ``compile``'s torch.compile modes (``true`` = torch's default mode); reduce-overhead and max-autotune add CUDA graphs
+#: ``compile``'s torch.compile modes (``true`` = torch's default mode); reduce-overhead and max-autotune add CUDA graphs.
+#: ``compile: auto`` (recipes of small nets whose GPU steps wait on kernel launches) is reduce-overhead on one CUDA
+#: GPU and off elsewhere (``dlcli.runtime.resolve_compile``)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-#: ``compile: auto`` (recipes of small nets whose GPU steps wait on kernel launches): reduce-overhead on one CUDA
-#: GPU, off elsewhere (``dlcli.runtime.resolve_compile``)
 #: keys that older dlcli versions wrote into checkpoints and that are ignored when such a recipe is read back
 LEGACY_KEYS = ("loss",)
 #: seeds are integers in [0, SEED_LIMIT): numpy's limit, and it keeps the per-step augmentation seed
