@@ -27,7 +27,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 #: the one place that names precisions; "auto" = bf16 where the hardware runs it natively, else fp32
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-#: ``compile``'s torch.compile modes (``true`` = torch's default mode); reduce-overhead and max-autotune add CUDA graphs.
+#: ``compile``'s torch.compile modes (``true`` = torch's default mode); reduce-overhead and max-autotune add graphs.
 #: ``compile: auto`` (recipes of small nets whose GPU steps wait on kernel launches) is reduce-overhead on one CUDA
 #: GPU and off elsewhere (``dlcli.runtime.resolve_compile``)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
