@@ -16,6 +16,7 @@ Usage:
     python benchmarks/precision_twins.py \\
         bf16=benchmarks/gpu-results/2026-11-26-h200-b/resnet20-cifar10-solo.json \\
         fp32=benchmarks/gpu-results/2026-11-26-h100-e/resnet20-cifar10-fp32.json --every 10
+    python benchmarks/precision_twins.py bf16=A.json fp32=B.progress.jsonl --png twins.png   # and a figure
 """
 
 from __future__ import annotations
@@ -119,11 +120,42 @@ def summary(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(curves: dict[str, dict[int, dict[str, float]]], path: Path, title: str) -> None:
+    """Test accuracy per epoch of every curve (left) and each one's gap to the first in points (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(curves)
+    ref = curves[labels[0]]
+    fig, (acc, gap) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, c in curves.items():
+        epochs = sorted(c)
+        acc.plot(epochs, [100 * c[e]["test_accuracy"] for e in epochs], marker="o", ms=2, lw=1.2, label=label)
+        common = sorted(set(c) & set(ref))
+        if label != labels[0] and common:
+            gap.plot(common, [100 * (c[e]["test_accuracy"] - ref[e]["test_accuracy"]) for e in common], lw=1.2,
+                     label=f"{label} - {labels[0]}")
+    acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
+    gap.axhline(0, color="black", lw=0.6)
+    gap.set(xlabel="epoch", ylabel="points", title=f"gap to {labels[0]}")
+    for ax in (acc, gap):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("curves", nargs="+", metavar="LABEL=PATH", help="two or more runs; the first is the reference")
     p.add_argument("--every", type=int, default=5, help="table rows every this many epochs (plus first and last)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--png", type=Path, help="also draw the curves and the gaps into this PNG file")
+    p.add_argument("--title", default="", help="the figure's title (default: the labels)")
     args = p.parse_args(argv)
     if len(args.curves) < 2 or any("=" not in c for c in args.curves):
         p.error("give two or more curves as LABEL=PATH")
@@ -134,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{path}: no such file")
         curves[label] = load_curve(path)
     res = compare(curves)
+    if args.png is not None:
+        if args.png.suffix.lower() != ".png" or not args.png.parent.is_dir():
+            raise SystemExit(f"--png {args.png}: expected a .png file in an existing folder")
+        plot(curves, args.png, args.title or " against ".join(curves))
     if args.json:
         res["curves"] = {k: {e: v["test_accuracy"] for e, v in c.items()} for k, c in curves.items()}
         print(json.dumps(res, indent=2))

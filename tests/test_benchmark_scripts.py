@@ -71,6 +71,18 @@ def test_steady_epoch_times_and_their_ratio(capsys, tmp_path):
     assert "4.000 s per epoch after the first (median), 2.00x bf16's" in capsys.readouterr().out
 
 
+def test_the_curves_as_a_figure(tmp_path):
+    ref = _write(tmp_path, _rows([0.50, 0.60, 0.70]))
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in _rows([0.52, 0.58])))
+    png = tmp_path / "twins.png"
+    twins.main([f"bf16={ref}", f"fp32={other}", "--png", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    for bad in (tmp_path / "twins.svg", tmp_path / "no" / "such" / "folder.png"):
+        with pytest.raises(SystemExit, match="expected a .png file in an existing folder"):
+            twins.main([f"bf16={ref}", f"fp32={other}", "--png", str(bad)])
+
+
 def _write(tmp_path, rows):
     path = tmp_path / "curve.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
