@@ -310,6 +310,10 @@ def eval_cmd(
     features: Annotated[Optional[str], typer.Option(
         "--features", help="Generative runs: the classify run whose features give the Fréchet LeNet distance "
                            "(default: the newest lenet / lenet-fashion run).")] = None,
+    tta: Annotated[str, typer.Option(
+        "--tta", help="Image classifier runs: test-time augmentation. none | flip: average the logits of each "
+                      "image and its mirror image (runs trained with flips: the CIFAR and image-folder "
+                      "recipes); the plain accuracy is reported beside it.")] = "none",
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -317,7 +321,7 @@ def eval_cmd(
 
     Examples: `dlcli eval runs/lenet-20260101-120000`, `dlcli eval runs/mlp-xor-.../best.pt --json`,
     `dlcli eval runs/dqn-cartpole-... --episodes 100 --render`, `dlcli eval runs/dcgan-mnist-... --features
-    runs/lenet-...`
+    runs/lenet-...`, `dlcli eval runs/resnet20-cifar10-... --tta flip`
     """
     from dlcli.checkpoint import load_checkpoint
     from dlcli.registry import TASKS
@@ -329,8 +333,10 @@ def eval_cmd(
         raise UsageError(f"--split {split!r}: expected val or test")
     if episodes is not None and episodes < 1:
         raise UsageError(f"--episodes {episodes}: expected an integer >= 1")
-    options = {k: v for k, v in (("episodes", episodes), ("render", render or None), ("features", features))
-               if v is not None}
+    if tta not in ("none", "flip"):
+        raise UsageError(f"--tta {tta!r}: expected none or flip")
+    options = {k: v for k, v in (("episodes", episodes), ("render", render or None), ("features", features),
+                                 ("tta", None if tta == "none" else tta)) if v is not None}
     if out:
         refuse_file_in_the_way("--out", out, "a folder for the figures", folder=True)
     ckpt = load_checkpoint(path)
@@ -363,6 +369,7 @@ _EVAL_OPTION_TASKS = {
     "episodes": ("--episodes", ("dqn",), "reinforcement learning runs (dqn)"),
     "render": ("--render", ("dqn",), "reinforcement learning runs (dqn)"),
     "features": ("--features", ("gan",), "generative runs (gan)"),
+    "tta": ("--tta", ("classify",), "image classifier runs (classify)"),
 }
 
 

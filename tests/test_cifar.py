@@ -241,6 +241,21 @@ def test_eval_and_deepfool_work_on_a_cifar_run(cli, mini_cifar, tmp_path):
     assert ev.code == 0, ev.err
     metrics = ev.json()["metrics"]
     assert metrics["samples"] == 40 and "top5_accuracy" in metrics
+    tta = cli("eval", str(run), "--data-dir", str(mini_cifar), "--tta", "flip", "--json")
+    assert tta.code == 0, tta.err
+    got = tta.json()["metrics"]
+    assert got["tta"] == "flip" and got["accuracy_without_tta"] == metrics["accuracy"]
+    # the flip-averaged accuracy recomputed with a plain loop, one image and its mirror at a time
+    from dlcli.classifier import load_classifier
+    from dlcli.runs import load_split
+
+    clf = load_classifier(str(run / "best.pt"))
+    x, y = load_split(clf.recipe, "test", str(mini_cifar))
+    with torch.no_grad():
+        mean = torch.cat([(clf.model(x[i:i + 1]) + clf.model(x[i:i + 1].flip(-1))) / 2 for i in range(len(x))])
+    assert got["accuracy"] == int((mean.argmax(1) == y).sum()) / len(x)
+    assert got["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(mean, y)), rel=1e-5)
+    assert got["loss"] != pytest.approx(metrics["loss"], rel=1e-5)  # the mirror images did change the logits
     att = cli("attack", "deepfool", str(run), "--n", "12", "--data-dir", str(mini_cifar), "--json")
     assert att.code == 0, att.err
     out = att.json()  # one JSON object on stdout, nothing else

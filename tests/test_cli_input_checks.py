@@ -193,6 +193,18 @@ def test_eval_options_of_another_kind_of_run_are_refused(cli, tmp_path, lenet_ru
     assert _snapshot(tmp_path) == before
 
 
+def test_tta_flip_is_refused_where_mirror_images_are_not_the_data(cli, tmp_path, lenet_run, approx_run, data_dir):
+    """--tta flip on a run trained without flips (digits), on a run that is not a classifier, or a bad value:
+    one line, exit 2, no eval-test/ folder left."""
+    old, approx = _copy(lenet_run, tmp_path), _copy(approx_run, tmp_path, "approx")
+    before = _snapshot(tmp_path)
+    common = ("--data-dir", str(data_dir), "--device", "cpu", "--json")
+    _one_error(cli("eval", str(old), "--tta", "flip", *common), 2, "lenet was not trained with mirrored images")
+    _one_error(cli("eval", str(approx), "--tta", "flip", *common), 2, "--tta applies to image classifier runs")
+    _one_error(cli("eval", str(old), "--tta", "mirror", *common), 2, "--tta 'mirror': expected none or flip")
+    assert _snapshot(tmp_path) == before
+
+
 # ------------------------------------------------------------------------------------------- sample --out
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dlcli.classifier import load_classifier, predict
+from dlcli.errors import UsageError
 from dlcli.plots import pyplot
 from dlcli.runs import load_split
 from dlcli.tasks.base import EvalResult, TaskContext
@@ -88,17 +89,43 @@ def _short(names: list[str], i: int) -> str:
     return names[i] if i < len(names) else str(i)
 
 
+def trained_with_flips(recipe: Any) -> bool:
+    """The run saw mirrored training images: ``task_args.flip`` (CIFAR recipes) or an image folder, whose
+    training loader flips at random."""
+    return bool(recipe.task_args.get("flip")) or recipe.data.source == "imagefolder"
+
+
+def flip_tta_logits(model: torch.nn.Module, x: torch.Tensor, runtime: Any,
+                    batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(plain logits, the mean of the logits of each image and of its left-right mirror), both (N, K) on the CPU:
+    horizontal-flip test-time augmentation, as airbench (Jordan 2024) evaluates."""
+    plain = predict(model, x, runtime, batch_size).cpu()
+    mirrored = predict(model, x.flip(-1), runtime, batch_size).cpu()
+    return plain, (plain + mirrored) / 2
+
+
 def evaluate_classifier(checkpoint: dict[str, Any], ctx: TaskContext, split: str, out_dir: Path) -> EvalResult:
-    """Metrics, tables and the worst-mistakes figure of the checkpoint's model on ``split`` (val | test)."""
+    """Metrics, tables and the worst-mistakes figure of the checkpoint's model on ``split`` (val | test);
+    ``eval_options['tta'] == 'flip'`` scores the flip-averaged logits and reports the plain accuracy beside."""
     runtime = ctx.runtime
     clf = load_classifier(checkpoint, device=runtime.device)
+    tta = (ctx.eval_options or {}).get("tta")
+    if tta == "flip" and not trained_with_flips(clf.recipe):
+        raise UsageError(f"--tta flip: {clf.recipe.name} was not trained with mirrored images (task_args.flip is "
+                         "off), so a mirror image is not its kind of input (a mirrored digit is not a digit); "
+                         "evaluate it without --tta")
     x, y = load_split(clf.recipe, split, ctx.data_dir)  # float [0, 1] (N, C, H, W), int64 (N,), on the CPU
-    logits = predict(clf.model, x, runtime, clf.recipe.eval_batch_size).cpu()  # (N, K) float32
+    if tta == "flip":
+        plain, logits = flip_tta_logits(clf.model, x, runtime, clf.recipe.eval_batch_size)
+    else:
+        plain = logits = predict(clf.model, x, runtime, clf.recipe.eval_batch_size).cpu()  # (N, K) float32
     k = logits.shape[1]
     names = clf.class_names if len(clf.class_names) == k else [str(i) for i in range(k)]
     m = classification_metrics(logits, y)
     cm, per_class, support = m["confusion"], m["per_class_accuracy"], m["support"]
     metrics = {**m["metrics"], "epoch": checkpoint.get("epoch")}
+    if tta == "flip":  # every figure above is of the averaged logits; the plain model's accuracy beside them
+        metrics = {"tta": "flip", **metrics, "accuracy_without_tta": int((plain.argmax(1) == y).sum()) / len(y)}
 
     per_class_rows = []
     for c in range(k):
