@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,6 +303,10 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         if self.compile:
+            if self.precision != "tf32":  # fp32 here is full float32 on purpose (the header says so): inductor's
+                # advice to turn TF32 on would only confuse; --precision tf32 is how to ask for it
+                warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix "
+                                        "multiplication available but not enabled")
             model = torch.compile(model, mode=self.compile if isinstance(self.compile, str) else None)
         return model, raw
 

@@ -314,6 +314,23 @@ def test_compile_auto_records_cuda_graphs_on_one_gpu_only():
     assert any(n.startswith("compile auto: off on cpu") for n in rt.notes)
 
 
+def test_compiling_in_fp32_silences_inductor_s_tf32_advice():
+    """fp32 is full float32 on purpose; inductor's warning that TF32 is off (CUDA only) is filtered once a model
+    is compiled (torch.compile is lazy: nothing compiles here), and its other warnings are not."""
+    import warnings
+
+    from dlcli.runtime import Runtime
+
+    advice = ("TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. Consider "
+              "setting `torch.set_float32_matmul_precision('high')` for better performance.")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        Runtime.create("cpu", "fp32", compile=True).prepare(torch.nn.Linear(2, 2))
+        warnings.warn(advice, UserWarning)
+        warnings.warn("another warning", UserWarning)
+    assert [str(w.message) for w in seen] == ["another warning"]
+
+
 def test_optimizer_step_clips_the_global_norm():
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = torch.optim.SGD([w], lr=1.0)
