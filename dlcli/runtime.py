@@ -303,7 +303,7 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         if self.compile:
-            if self.precision != "tf32":  # fp32 here is full float32 on purpose (the header says so): inductor's
+            if self.precision != "tf32":  # fp32 here is full float32 on purpose (TF32 off, as documented): inductor's
                 # advice to turn TF32 on would only confuse; --precision tf32 is how to ask for it
                 warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix "
                                         "multiplication available but not enabled")
