@@ -97,8 +97,7 @@ def bare_loop(recipe: Any, x_all: Any, y_all: Any, mean: Any, std: Any, warmup: 
             x = torch.where(torch.rand(len(x), 1, 1, 1, device=dev) < 0.5, x.flip(3), x)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last if recipe.channels_last
                                            else torch.contiguous_format)
-        if rt.cuda_graphs and dev.type == "cuda":  # a new graph replay starts: the last step's outputs may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
+        rt.mark_step()  # under CUDA graphs a new replay starts (the last step's outputs may be overwritten)
         with torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext():
             loss = F.cross_entropy(net(x).float(), y_all[idx], label_smoothing=smoothing)
         opt.zero_grad(set_to_none=True)

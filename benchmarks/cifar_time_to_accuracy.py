@@ -116,7 +116,8 @@ def run(recipe_name: str, target: float | None, device: str, sets: list[str], wa
     res = {
         "recipe": recipe.name, "target": target, "device": result.header.get("device_name"),
         "precision": result.header.get("precision"), "channels_last": recipe.channels_last,
-        "compile": result.header.get("compile", recipe.compile), "notes": result.header.get("notes"), "batch_size": recipe.batch_size,
+        "compile": result.header.get("compile", recipe.compile), "notes": result.header.get("notes"),
+        "batch_size": recipe.batch_size,
         "epochs": recipe.epochs, "train_samples": result.header.get("train_samples"),
         "test_samples": result.header.get("test_samples"), "parameters": result.header.get("parameters"),
         "time_to_target_s": reached["time_s"] if reached else None,

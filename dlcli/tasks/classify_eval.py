@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dlcli.classifier import load_classifier, predict
+from dlcli.classifier import accuracy_and_loss, load_classifier, predict
 from dlcli.errors import UsageError
 from dlcli.plots import pyplot
 from dlcli.runs import load_split
@@ -125,7 +125,7 @@ def evaluate_classifier(checkpoint: dict[str, Any], ctx: TaskContext, split: str
     cm, per_class, support = m["confusion"], m["per_class_accuracy"], m["support"]
     metrics = {**m["metrics"], "epoch": checkpoint.get("epoch")}
     if tta == "flip":  # every figure above is of the averaged logits; the plain model's accuracy beside them
-        metrics = {"tta": "flip", **metrics, "accuracy_without_tta": int((plain.argmax(1) == y).sum()) / len(y)}
+        metrics = {"tta": "flip", **metrics, "accuracy_without_tta": accuracy_and_loss(plain, y)[0]}
 
     per_class_rows = []
     for c in range(k):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from dlcli.batches import images_to_float
 from dlcli.classifier import recipe_of
-from dlcli.config import Recipe
+from dlcli.config import Recipe, check_seed
 from dlcli.errors import DlcliError, UsageError
 from dlcli.genmetrics import (
     SIGMA_VAL_IMAGES,
@@ -158,8 +158,7 @@ def sample_grid(checkpoint: dict[str, Any], n: int, seed: int, device: torch.dev
     for the default name sample-nN-seedS.png), by default in RUN/samples/."""
     if n < 1:
         raise UsageError(f"--n {n}: expected the number of samples, an integer >= 1")
-    if seed < 0:
-        raise UsageError(f"--seed {seed}: expected an integer >= 0")
+    check_seed(seed)
     check_sample_out(out)
     pair, meta, recipe = load_gan(checkpoint, device)
     images = generate(pair, n, seed, meta["noise"], device, meta["data_shape"], meta["fit"])
