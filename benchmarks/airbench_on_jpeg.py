@@ -46,9 +46,9 @@ def write_airbench_data(data_dir: Path, out: Path) -> dict[str, Any]:
     """Write dlcli's decoded CIFAR-10 (all 50k + 10k) as airbench's ``cifar10/{train,test}.pt`` under ``out``."""
     import torch
 
-    from dlcli.data_images import cifar10
+    from dlcli.data_cifar import cifar10
 
-    bundle = cifar10(data_dir, 0, val_size=0)
+    bundle = cifar10(data_dir, 0, val_size=0, files="images")  # the JPEG copy: what this script measures
     folder = out / "cifar10"
     folder.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", bundle.train), ("test", bundle.test)):

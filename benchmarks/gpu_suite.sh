@@ -12,7 +12,8 @@
 #   benchmarks/gpu_suite.sh --part lanes --out DIR           # <= ~9 min: full recipes side by side (see run_lanes)
 #   benchmarks/gpu_suite.sh --dry --out /tmp/suite           # CPU, tiny sizes: checks the script itself (CI)
 #
-# Data: DLCLI_DATA (or --data DIR) must hold MNIST/raw for part mnist and cifar10-jpg/ for part cifar. dlcli
+# Data: DLCLI_DATA (or --data DIR) must hold MNIST/raw for part mnist and CIFAR-10 for part cifar (the original
+# cifar-10-batches-py/ or the image folders cifar10-jpg/; the dry run makes a tiny cifar10-jpg/). dlcli
 # need not be installed: it runs as `$PYTHON -m dlcli` with PYTHONPATH at this repository (PYTHON defaults
 # to python3). Every step has its own timeout, and a step that fails or times out is recorded and the suite
 # goes on; --budget SECONDS (default 290 per part) skips the steps that would no longer fit, most important

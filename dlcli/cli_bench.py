@@ -98,7 +98,8 @@ def bench(
     ] = Data.synthetic,
     data_dir: Annotated[
         Optional[str],
-        typer.Option("--data-dir", help="Folder with MNIST/ and cifar10-jpg/ [env DLCLI_DATA, ~/.cache/dlcli]."),
+        typer.Option("--data-dir", help="Folder with MNIST/ and CIFAR-10 (cifar-10-batches-py/ or cifar10-jpg/) "
+                     "[env DLCLI_DATA, ~/.cache/dlcli]."),
     ] = None,
     workers: Annotated[
         Optional[int], typer.Option(help="DataLoader workers for --data real [default: min(4, CPUs)].")

@@ -1,9 +1,9 @@
 """Data sources by name -> in-memory splits plus metadata (classes, input shape, normalisation).
 
 Real data (MNIST, Fashion-MNIST, CIFAR-10) is looked for under ``--data-dir``, then ``$DLCLI_DATA``, then
-``~/.cache/dlcli``, in torchvision's layout; MNIST's IDX files are read here, without importing torchvision.
-Missing files are downloaded by torchvision when there is a network; when that fails the error is one
-sentence saying which files to put where.
+``~/.cache/dlcli``, in torchvision's layout (CIFAR-10 also as image folders); MNIST's IDX files are read here,
+without importing torchvision. Missing files are downloaded by torchvision when there is a network; when that
+fails the error is one sentence saying which files to put where.
 
 Small data sets are held as tensors (uint8 images, or float points) and batched by indexing, on the training
 device, so the input side never limits speed. ``in_memory: false`` keeps a classic ``DataLoader`` over the
@@ -13,27 +13,25 @@ The toy sources (``linear2d``, ``xor``, ``function1d``) are generated, as in the
 
 This module is the one to import for data: it holds the toy and MNIST sources, ``load_data`` and
 ``data_root``, and re-exports the rest. The layers, lowest first (no module imports a higher one):
-``dlcli.data_core`` (registry, ``Split``, ``DataBundle``) <- ``dlcli.data_images`` (CIFAR-10, image folders;
-registers its own sources) <- ``dlcli.data`` (imports both at the top, so importing it registers every
+``dlcli.data_core`` (registry, ``Split``, ``DataBundle``) and ``dlcli.download`` (torchvision's downloads,
+or one line saying where to put the files) <- ``dlcli.data_images`` (image folders: scanning, decoding, the
+cache; registers ``imagefolder``) <- ``dlcli.data_cifar`` (CIFAR-10 from the original batches or image
+folders; registers ``cifar10``) <- ``dlcli.data`` (imports them at the top, so importing it registers every
 built-in source before ``load_data`` or a recipe check looks one up).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from dlcli.data_cifar import CIFAR10_MEAN, CIFAR10_STD, cifar10, read_original  # noqa: F401  (re-exported)
 from dlcli.data_core import DATASETS, DataBundle, Split, _val_split, register_dataset
 from dlcli.data_images import (  # noqa: F401  (re-exported: `from dlcli.data import ...` reaches every source)
-    CIFAR10_MEAN,
-    CIFAR10_STD,
     DECODE_CHUNK,
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
@@ -41,11 +39,11 @@ from dlcli.data_images import (  # noqa: F401  (re-exported: `from dlcli.data im
     FolderIndex,
     ImageFolderTrainSet,
     cache_dir,
-    cifar10,
     decode_images,
     imagefolder,
     scan_image_folder,
 )
+from dlcli.download import torchvision_dataset
 from dlcli.errors import DlcliError, UsageError
 
 
@@ -141,77 +139,9 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
 
 def _torchvision_dataset(cls_name: str, folder: str, root: Path, train: bool) -> Any:
     """Open a torchvision dataset, downloading when missing; offline -> one clear sentence, within seconds."""
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, cls_name)
-    try:
-        return cls(root=str(root), train=train, download=False)
-    except RuntimeError:
-        pass  # not there yet: try the real download below
-    raw = root / folder / "raw"
-    mirrors = list(getattr(cls, "mirrors", []))
-    reason = None if _any_reachable(mirrors) else "no network: none of its download servers answered"
-    if reason is None:
-        try:
-            # torchvision prints download progress on stdout; keep stdout clean for --json.
-            with contextlib.redirect_stdout(sys.stderr), _socket_timeout(DOWNLOAD_TIMEOUT_S):
-                return cls(root=str(root), train=train, download=True)
-        except Exception as e:
-            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            reason = f"the download failed: {first[:120]}"
-    raise DlcliError(
-        f"{folder} not found under {root} and {reason}; put the files {', '.join(_MNIST_FILES)} in {raw}, "
-        f"or point --data-dir or DLCLI_DATA at a folder that has {folder}/raw/"
-    )
-
-
-PROBE_TIMEOUT_S = 5.0  # longest wait for any download server to accept a connection
-DOWNLOAD_TIMEOUT_S = 60.0  # socket timeout while downloading (a stalled transfer fails instead of hanging)
-
-
-def _any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when some server of ``urls`` accepts a TCP connection within ``timeout`` seconds.
-
-    Probed in daemon threads, because name resolution ignores socket timeouts and can stall for tens of
-    seconds on a machine without a network. No URLs (a dataset class without mirrors) and a configured
-    HTTP proxy (direct connections may be blocked while the proxy works) count as reachable.
-    """
-    import socket
-    import threading
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies
-
-    hosts = {(u.hostname, u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, urls) if u.hostname}
-    if not hosts or getproxies():
-        return True
-    ok = threading.Event()
-
-    def probe(host: str, port: int) -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.set()
-        except OSError:
-            pass
-
-    threads = [threading.Thread(target=probe, args=hp, daemon=True) for hp in hosts]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    while not ok.is_set() and any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-        ok.wait(0.05)
-    return ok.is_set()
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Any:
-    import socket
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
+    return torchvision_dataset(cls_name, root, folder, f"put the files {', '.join(_MNIST_FILES)} in "
+                               f"{root / folder / 'raw'}, or point --data-dir or DLCLI_DATA at a folder that has "
+                               f"{folder}/raw/", train=train)
 
 
 def class_balanced(y: torch.Tensor, labels: int, num_classes: int, seed: int) -> torch.Tensor:

@@ -1,11 +1,12 @@
-"""Image data held as JPEG/PNG folders: CIFAR-10 (``cifar10``, decoded once into uint8 tensors and cached)
-and any ImageFolder tree a user has (``imagefolder``: train/<class>/*, val/<class>/*), with the folder
-scanning and parallel image decoding they share.
+"""Image data held as JPEG/PNG folders: the folder scanning and parallel image decoding that CIFAR-10's image
+folders (``dlcli.data_cifar``) and any ImageFolder tree a user has (the ``imagefolder`` source: train/<class>/*,
+val/<class>/*) share, and the cache of decoded images.
 
 Layering: this module imports the shared pieces (registry, ``Split``, ``DataBundle``, the validation hold-out)
-from ``dlcli.data_core`` and registers its two sources itself; ``dlcli.data`` imports this module at its top
-and re-exports its public names, so ``from dlcli.data import scan_image_folder`` keeps working and importing
-``dlcli.data`` registers these sources. This module never imports ``dlcli.data`` (no cycle).
+from ``dlcli.data_core`` and registers ``imagefolder`` itself; ``dlcli.data_cifar`` builds on it, and
+``dlcli.data`` imports both at its top and re-exports their public names, so ``from dlcli.data import
+scan_image_folder`` keeps working and importing ``dlcli.data`` registers these sources. This module never
+imports ``dlcli.data`` or ``dlcli.data_cifar`` (no cycle).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from dlcli.data_core import DataBundle, Split, _val_split, register_dataset
+from dlcli.data_core import DataBundle, Split, register_dataset
 from dlcli.errors import DlcliError, UsageError
 
 # ------------------------------------------------------------------------------ scanning and decoding
@@ -157,7 +158,7 @@ def decode_images(paths: list[str], *, size: int | None = None, resize: int | No
     return torch.stack([imgs[i] for i in kept]), kept, failures  # type: ignore[misc]
 
 
-# ------------------------------------------------------------------------------------------- CIFAR-10
+# ----------------------------------------------------------------------------- the decoded-data cache
 
 
 def cache_dir() -> Path:
@@ -200,124 +201,6 @@ def _save_cache(path: Path, payload: dict[str, Any]) -> str | None:
         return None
     except OSError as e:
         return f"decoded images not cached ({path.parent}: {e.strerror})"
-
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, of the training pixels in [0, 1]
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-def _jpeg_note(index: FolderIndex) -> list[str]:
-    """A note when the CIFAR-10 files are JPEGs: their accuracies are not the literature's (measured cost)."""
-    if not index.files or not str(index.files[0]).lower().endswith((".jpg", ".jpeg")):
-        return []
-    return [("CIFAR-10 read from JPEG files, not the original pixels: on the quality-75 copy airbench loses about 3 "
-             "points of test accuracy (benchmarks/RESULTS.md), so the papers' accuracies are about that much higher "
-             "than what a run on this copy reaches")]
-
-
-@register_dataset("cifar10", summary="real: CIFAR-10, 50k + 10k, 32x32 colour (image folders of JPEGs)")
-def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | None = None,
-            test_size: int | None = None, folder: str = "cifar10-jpg", cache: bool = True) -> DataBundle:
-    """CIFAR-10 as ``<folder>/{train,test}/<class>/*.jpg`` (torchvision ImageFolder layout), decoded once into
-    uint8 tensors (in parallel threads) and cached in ``cache_dir()`` for the next run (``cache: false`` to
-    skip). ``val_size`` random training images are held out for validation (He et al. 2015 hold out 5k of
-    the 50k); ``train_size`` keeps that many of the rest and ``test_size`` a seeded random subset of the
-    10k test images (quick runs and dry runs only: results are CIFAR-10 results with the full test split).
-    A file that cannot be decoded is an
-    error naming it: a benchmark data set with images silently missing would not be CIFAR-10.
-    """
-    base = root / folder
-    if not (base / "train").is_dir() or not (base / "test").is_dir():
-        raise DlcliError(f"CIFAR-10 not found: expected the image folders {base}/train/<class>/*.jpg and "
-                         f"{base}/test/<class>/*.jpg; point --data-dir or DLCLI_DATA at the folder that holds "
-                         f"{folder}/")
-    t0 = time.perf_counter()
-    train_index = scan_image_folder(base / "train")
-    test_index = scan_image_folder(base / "test", train_index.classes)
-    for index in (train_index, test_index):
-        _check_classes(index, "CIFAR-10 has 5,000 training and 1,000 test JPEGs per class")
-        if index.skipped:
-            raise DlcliError(f"{len(index.skipped)} empty image file(s) in {index.root}, e.g. {index.skipped[0]}; "
-                             "replace them with the real images")
-    notes = _jpeg_note(train_index)
-    key = _listing_key([train_index, test_index]) if cache else ""
-    path = cache_dir() / f"cifar10-{key}.pt"
-    cached = _load_cache(path) if cache else None
-    if cached is None and (train_size is not None or test_size is not None):
-        return _cifar10_subset(train_index, test_index, seed, val_size, train_size, test_size, t0)
-    if cached is not None:
-        x, y, xt, yt = cached["train_x"], cached["train_y"], cached["test_x"], cached["test_y"]
-        notes.append(f"CIFAR-10 read from the cache {path} in {time.perf_counter() - t0:.1f} s")
-    else:
-        splits = []
-        for index in (train_index, test_index):
-            imgs, _, failures = decode_images(index.files)
-            if failures:
-                p, why = failures[0]
-                raise DlcliError(f"{len(failures)} image(s) of {index.root} cannot be decoded, e.g. {p} ({why}); "
-                                 "replace them (a benchmark data set must be complete)")
-            splits += [imgs, torch.tensor(index.labels)]
-        x, y, xt, yt = splits
-        notes.append(f"CIFAR-10 decoded from {len(x) + len(xt):,} files in {time.perf_counter() - t0:.1f} s "
-                     f"({min(os.cpu_count() or 1, 16)} threads)")
-        if cache:
-            failed = _save_cache(path, {"train_x": x, "train_y": y, "test_x": xt, "test_y": yt,
-                                        "classes": train_index.classes})
-            notes.append(failed or f"cached as {path}")
-    if x.shape[1:] != (3, 32, 32):
-        raise DlcliError(f"{base}: expected 32x32 colour images, found {tuple(x.shape[1:])}")
-    _check_sizes(len(x), len(xt), val_size, train_size, test_size)
-    train, val = _val_split(x, y, val_size, seed)
-    if train_size is not None:  # a random subset (the split is already a seeded permutation)
-        train = Split(train.x[:train_size], train.y[:train_size])
-    if test_size is not None:
-        keep = torch.randperm(len(xt), generator=torch.Generator().manual_seed(20_000 + seed))[:test_size]
-        xt, yt = xt[keep], yt[keep]
-    return DataBundle("images", train, val, Split(xt, yt), num_classes=len(train_index.classes),
-                      class_names=list(train_index.classes), input_shape=(3, 32, 32), mean=CIFAR10_MEAN,
-                      std=CIFAR10_STD, extra={"notes": notes})
-
-
-def _check_sizes(n_train: int, n_test: int, val_size: int, train_size: int | None, test_size: int | None) -> None:
-    if not 0 <= val_size < n_train:
-        raise UsageError(f"data.args.val_size must be in [0, {n_train - 1}], got {val_size}")
-    if train_size is not None and not 1 <= train_size <= n_train - val_size:
-        raise UsageError(f"data.args.train_size must be in [1, {n_train - val_size}] (or null for all), got {train_size}")
-    if test_size is not None and not 1 <= test_size <= n_test:
-        raise UsageError(f"data.args.test_size must be in [1, {n_test}] (or null for all), got {test_size}")
-
-
-def _cifar10_subset(train_index: FolderIndex, test_index: FolderIndex, seed: int, val_size: int,
-                    train_size: int | None, test_size: int | None, t0: float) -> DataBundle:
-    """A quick run's CIFAR-10 without a cache: decode only the files its splits use. The same images, in the
-    same order, as the full decode followed by ``_val_split`` and the subsets (tested), not cached."""
-    _check_sizes(len(train_index), len(test_index), val_size, train_size, test_size)
-    perm = (torch.randperm(len(train_index), generator=torch.Generator().manual_seed(10_000 + seed)) if val_size
-            else torch.arange(len(train_index)))  # _val_split's order
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
-    if train_size is not None:
-        train_idx = train_idx[:train_size]
-    test_idx = torch.arange(len(test_index))
-    if test_size is not None:
-        test_idx = torch.randperm(len(test_index), generator=torch.Generator().manual_seed(20_000 + seed))[:test_size]
-    splits = []
-    for index, idx in ((train_index, train_idx), (train_index, val_idx), (test_index, test_idx)):
-        files = [index.files[i] for i in idx.tolist()]
-        imgs, _, failures = decode_images(files)
-        if failures:
-            p, why = failures[0]
-            raise DlcliError(f"{len(failures)} image(s) of {index.root} cannot be decoded, e.g. {p} ({why}); "
-                             "replace them (a benchmark data set must be complete)")
-        if len(files) and imgs.shape[1:] != (3, 32, 32):
-            raise DlcliError(f"{index.root}: expected 32x32 colour images, found {tuple(imgs.shape[1:])}")
-        splits.append(Split(imgs, torch.tensor(index.labels)[idx]))
-    train, val, test = splits
-    n = len(train) + len(val) + len(test)
-    note = (f"CIFAR-10: decoded only the {n:,} files this run uses (train_size / test_size set, no cache) in "
-            f"{time.perf_counter() - t0:.1f} s")
-    return DataBundle("images", train, val if val_size else None, test, num_classes=len(train_index.classes),
-                      class_names=list(train_index.classes), input_shape=(3, 32, 32), mean=CIFAR10_MEAN,
-                      std=CIFAR10_STD, extra={"notes": [note, *_jpeg_note(train_index)]})
 
 
 # ---------------------------------------------------------------------------------- ImageFolder trees

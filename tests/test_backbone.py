@@ -65,7 +65,7 @@ class ToyTask(Task):
             self.steps_seen.append((epoch, step))
             self.total += 1
             if self.rows_every and self.total % self.rows_every == 0:
-                self.ctx.log_row("step", {"step": self.total, "toy_loss": float(loss)})
+                self.ctx.log_row("step", {"step": self.total, "toy_loss": float(loss.detach())})
             yield {"loss": float(loss.detach())}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:

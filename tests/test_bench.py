@@ -396,13 +396,14 @@ def test_a_model_without_input_shape_needs_input_size(temp_model):
         (BenchSpec("mlp", device="cpu", data="real"), "no real data set for input shape 2"),
         (BenchSpec("lenet5", device="cpu", data="real", data_dir="/nonexistent"), "MNIST not found under /nonexistent"),
         (BenchSpec("alexnet", device="cpu", data="real", data_dir="/nonexistent"),
-         "CIFAR-10 image folder not found at /nonexistent/cifar10-jpg/train"),
+         "CIFAR-10 not found: expected the original batches /nonexistent/cifar-10-batches-py/ or the image folder /nonexistent/cifar10-jpg/train"),
     ],
 )
 def test_bad_requests_are_one_clear_error(spec, message, monkeypatch):
     import dlcli.data
+    import dlcli.download
 
-    monkeypatch.setattr(dlcli.data, "_any_reachable", lambda urls, timeout=0: False)  # offline, at once
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)  # offline, at once
     with pytest.raises(DlcliError, match=message) as info:
         run_benchmark(spec)
     assert "\n" not in str(info.value)

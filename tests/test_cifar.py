@@ -197,9 +197,9 @@ def test_cifar10_subsets_for_quick_runs(mini_cifar, tmp_path, val_size):
         load_data("cifar10", {"val_size": 20, "train_size": 101, "cache": False}, mini_cifar, seed=0)
 
 
-def test_missing_cifar_names_the_expected_layout(tmp_path):
+def test_missing_cifar_image_folders_name_the_expected_layout(tmp_path):
     with pytest.raises(DlcliError, match="cifar10-jpg/train/<class>/\\*.jpg") as e:
-        load_data("cifar10", {}, tmp_path, seed=0)
+        load_data("cifar10", {"files": "images"}, tmp_path, seed=0)
     assert "\n" not in str(e.value)
 
 

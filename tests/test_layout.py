@@ -21,7 +21,8 @@ PKG = REPO / "dlcli"
 
 #: modules that must never import (at module level) anything from the higher layers
 LOWER = ("dlcli.errors", "dlcli.config", "dlcli.registry", "dlcli.checkpoint", "dlcli.runtime", "dlcli.data",
-         "dlcli.data_core", "dlcli.data_images", "dlcli.batches", "dlcli.plots", "dlcli.envs", "dlcli.classifier")
+         "dlcli.data_core", "dlcli.data_images", "dlcli.data_cifar", "dlcli.download", "dlcli.batches", "dlcli.plots",
+         "dlcli.envs", "dlcli.classifier")
 HIGHER = ("dlcli.tasks", "dlcli.report", "dlcli.cli", "dlcli.train", "dlcli.attacks", "dlcli.bench")
 
 

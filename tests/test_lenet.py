@@ -178,11 +178,12 @@ def test_missing_mnist_offline_is_one_clear_sentence(cli, tmp_path, monkeypatch)
     import torchvision.datasets
 
     import dlcli.data
+    import dlcli.download
 
     def no_download(self):  # torchvision's own error when every mirror fails
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...")
 
-    monkeypatch.setattr(dlcli.data, "_any_reachable", lambda urls, timeout=0: True)  # pretend a network...
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: True)  # pretend a network...
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_download)  # ...that fails
     res = cli("train", "lenet", "--data-dir", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "run"))
     err = res.err
@@ -200,11 +201,12 @@ def test_without_a_network_no_download_is_attempted(tmp_path, monkeypatch):
     import torchvision.datasets
 
     import dlcli.data
+    import dlcli.download
 
     def must_not_download(self):
         raise AssertionError("download attempted although no server answered")
 
-    monkeypatch.setattr(dlcli.data, "_any_reachable", lambda urls, timeout=0: False)
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", must_not_download)
     with pytest.raises(DlcliError, match=r"FashionMNIST not found .* no network.*FashionMNIST[/\\]raw"):
         dlcli.data.load_data("fashion-mnist", {}, tmp_path, seed=0)
@@ -214,27 +216,28 @@ def test_unreachable_server_probe_gives_up_quickly(monkeypatch):
     import time
     import urllib.request
 
-    from dlcli.data import _any_reachable
+    from dlcli.download import any_reachable
 
     monkeypatch.setattr(urllib.request, "getproxies", lambda: {})  # direct connections only
     t0 = time.perf_counter()
     # a reserved TEST-NET-1 address (RFC 5737): never answers, so the probe must hit its own timeout
-    assert _any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is False
+    assert any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is False
     assert time.perf_counter() - t0 < 3.0
-    assert _any_reachable([]) is True  # nothing to probe: let torchvision try
+    assert any_reachable([]) is True  # nothing to probe: let torchvision try
     monkeypatch.setattr(urllib.request, "getproxies", lambda: {"https": "http://proxy:3128"})
-    assert _any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is True  # the proxy may well get through
+    assert any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is True  # the proxy may well get through
 
 
 def test_download_error_is_not_swallowed_for_urllib(tmp_path, monkeypatch):
     import torchvision.datasets
 
     import dlcli.data
+    import dlcli.download
 
     def offline(self):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(dlcli.data, "_any_reachable", lambda urls, timeout=0: True)
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: True)
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
     with pytest.raises(DlcliError, match="download failed: <urlopen error"):
         dlcli.data.load_data("mnist", {}, tmp_path, seed=0)

@@ -55,6 +55,24 @@ class _ImageFiles(torch.utils.data.Dataset):
         return img, self.labels[i]
 
 
+class _ImageTensors(torch.utils.data.Dataset):
+    """Images already in memory (the original CIFAR-10 batches): (uint8 (C, H, W), label), resized per item."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int] | None) -> None:
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.x[i]
+        if self.size is not None:
+            from torchvision.transforms.v2 import functional as TF
+
+            img = TF.resize(img, list(self.size), antialias=True)
+        return img, int(self.y[i])
+
+
 class RealData:
     """The real training images for an input shape, as a Dataset of uint8 images, and how to normalise them."""
 
@@ -65,7 +83,14 @@ class RealData:
     @classmethod
     def open(cls, input_shape: tuple[int, ...], data_dir: str | None, seed: int) -> "RealData":
         """MNIST for 1xHxW inputs, CIFAR-10 for 3xHxW ones, resized to H x W when that differs."""
-        from dlcli.data import CIFAR10_MEAN, CIFAR10_STD, data_root, load_data, scan_image_folder
+        from dlcli.data import (
+            CIFAR10_MEAN,
+            CIFAR10_STD,
+            data_root,
+            load_data,
+            scan_image_folder,
+        )
+        from dlcli.data_cifar import ORIGINAL_FOLDER, read_original
 
         if len(input_shape) != 3 or input_shape[0] not in (1, 3):
             shape = ",".join(str(d) for d in input_shape)
@@ -85,16 +110,20 @@ class RealData:
                     [transforms.PILToTensor(), transforms.Resize((h, w), antialias=True)]
                 )
             return cls(subset, "MNIST", bundle.mean, bundle.std)
-        folder = data_root(data_dir) / "cifar10-jpg" / "train"
+        root = data_root(data_dir)
+        size = None if (h, w) == (32, 32) else (h, w)
+        if (root / ORIGINAL_FOLDER).is_dir():  # the original batches: the images are in memory, nothing to decode
+            x, y, _, _, _ = read_original(root / ORIGINAL_FOLDER)
+            return cls(_ImageTensors(x, y, size), "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD)
+        folder = root / "cifar10-jpg" / "train"
         if not folder.is_dir():
             raise DlcliError(
-                f"--data real: CIFAR-10 image folder not found at {folder} (expected train/<class>/*.jpg); "
-                "pass --data-dir or set DLCLI_DATA"
+                f"--data real: CIFAR-10 not found: expected the original batches {root / ORIGINAL_FOLDER}/ or the "
+                f"image folder {folder}/<class>/*.jpg; pass --data-dir or set DLCLI_DATA"
             )
         index = scan_image_folder(folder)
         if not index.files:
             raise DlcliError(f"--data real: no images in {folder}/<class>/; expected the CIFAR-10 JPEGs there")
-        size = None if (h, w) == (32, 32) else (h, w)
         return cls(_ImageFiles(index.files, index.labels, size), "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD)
 
 

@@ -1,0 +1,237 @@
+"""CIFAR-10 from the original python batches (``cifar-10-batches-py/``, what torchvision downloads), beside the
+image folders: reading them, choosing between the copies, refusing damaged or doctored files, the download and
+the offline message.
+
+The original files are not on these machines, so the tests write small batches in the original's format
+(a Python-2-style pickle of a dict with a uint8 array (N, 3072) and a list of labels) from real CIFAR-10
+images: the JPEG copy's pixels, decoded by torchvision, which the reader's output is checked against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import pickle
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+from test_cifar import real_cifar
+
+import dlcli.data_cifar as dc
+import dlcli.download
+from dlcli.data import load_data
+from dlcli.errors import DlcliError, UsageError
+
+pytestmark = pytest.mark.skipif(real_cifar() is None, reason="real CIFAR-10 (cifar10-jpg/) not found")
+PER_BATCH, TEST = 4, 10  # images per training batch file (5 files) and in test_batch
+
+
+def _jpegs(split: str, n: int) -> list[tuple[Path, int]]:
+    """``n`` real CIFAR-10 JPEGs of ``split``, classes in turn (class c's i-th file for image c + 10 i)."""
+    root = real_cifar() / "cifar10-jpg" / split
+    classes = sorted(p.name for p in root.iterdir())
+    return [(root / classes[k % 10] / f"{k // 10:04d}.jpg", k % 10) for k in range(n)]
+
+
+def _decode(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import decode_jpeg, read_file
+
+    return (torch.stack([decode_jpeg(read_file(str(p))) for p, _ in files]),
+            torch.tensor([label for _, label in files]))
+
+
+def _write_batch(path: Path, files: list[tuple[Path, int]]) -> None:
+    x, y = _decode(files)
+    rows = x.reshape(len(x), 3 * 32 * 32).numpy()  # the original's row: 1024 red, 1024 green, 1024 blue values
+    entry = {"batch_label": path.name, "labels": y.tolist(), "data": rows, "filenames": [p.name for p, _ in files]}
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+def write_original(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small ``root/cifar-10-batches-py`` in the original's format, its MD5s made the expected ones."""
+    folder = root / dc.ORIGINAL_FOLDER
+    folder.mkdir(parents=True)
+    train = _jpegs("train", 5 * PER_BATCH)
+    for i, name in enumerate(dc.TRAIN_BATCHES):
+        _write_batch(folder / name, train[i * PER_BATCH:(i + 1) * PER_BATCH])
+    _write_batch(folder / "test_batch", _jpegs("test", TEST))
+    names = sorted(p.name for p in (real_cifar() / "cifar10-jpg" / "train").iterdir())
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2))
+    monkeypatch.setattr(dc, "ORIGINAL_MD5", {name: hashlib.md5((folder / name).read_bytes()).hexdigest()
+                                             for name in dc.ORIGINAL_MD5})
+    return folder
+
+
+def test_the_published_md5s_are_torchvision_s():
+    from torchvision.datasets import CIFAR10
+
+    listed = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
+    assert dc.ORIGINAL_MD5 == {**listed, CIFAR10.meta["filename"]: CIFAR10.meta["md5"]}
+    assert (dc.TARBALL, dc.TARBALL_URL, dc.TARBALL_MD5) == (CIFAR10.filename, CIFAR10.url, CIFAR10.tgz_md5)
+    assert dc.ORIGINAL_FOLDER == CIFAR10.base_folder
+
+
+def test_the_original_batches_give_the_images_they_hold(tmp_path, monkeypatch):
+    write_original(tmp_path, monkeypatch)
+    b = load_data("cifar10", {"val_size": 0}, tmp_path, seed=0)
+    x, y = _decode(_jpegs("train", 5 * PER_BATCH))  # the files' order: batch 1's images first
+    assert b.train.x.dtype == torch.uint8 and torch.equal(b.train.x, x) and torch.equal(b.train.y, y)
+    xt, yt = _decode(_jpegs("test", TEST))
+    assert torch.equal(b.test.x, xt) and torch.equal(b.test.y, yt)
+    assert b.class_names[:3] == ["airplane", "automobile", "bird"] and b.num_classes == 10
+    notes = b.extra["notes"]
+    assert any("read from the original batches" in n for n in notes)
+    assert not any("JPEG" in n for n in notes)  # the caveat of the JPEG copy does not apply
+    held = load_data("cifar10", {"val_size": 5, "test_size": 3}, tmp_path, seed=1)
+    assert (len(held.train), len(held.val), len(held.test)) == (15, 5, 3)
+    together = torch.cat([held.train.x, held.val.x])  # the hold-out is a permutation of the same 20 images
+    assert sorted(map(bytes, together.flatten(1).numpy())) == sorted(map(bytes, x.flatten(1).numpy()))
+
+
+def test_auto_prefers_the_original_and_files_images_picks_the_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLCLI_CACHE", str(tmp_path / "cache"))
+    write_original(tmp_path, monkeypatch)
+    (tmp_path / "cifar10-jpg").symlink_to(real_cifar() / "cifar10-jpg")  # both copies side by side
+    auto = load_data("cifar10", {"val_size": 0}, tmp_path, seed=0)
+    assert len(auto.train) == 5 * PER_BATCH and any("original batches" in n for n in auto.extra["notes"])
+    jpeg = load_data("cifar10", {"val_size": 0, "files": "images", "train_size": 7, "test_size": 2,
+                                 "cache": False}, tmp_path, seed=0)
+    assert len(jpeg.train) == 7 and any("JPEG files, not the original pixels" in n for n in jpeg.extra["notes"])
+    with pytest.raises(UsageError, match="data.args.files must be one of auto, original, images, got 'jpeg'"):
+        load_data("cifar10", {"files": "jpeg"}, tmp_path, seed=0)
+
+
+def test_damaged_or_doctored_batches_are_refused(tmp_path, monkeypatch):
+    folder = write_original(tmp_path, monkeypatch)
+    good = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(DlcliError, match="data_batch_3 is not the original CIFAR-10 file \\(its MD5") as e:
+        load_data("cifar10", {}, tmp_path, seed=0)
+    assert "\n" not in str(e.value)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DlcliError, match="data_batch_3 is missing"):
+        load_data("cifar10", {}, tmp_path, seed=0)
+
+    class Payload:  # what a doctored file would do when unpickled: run a command
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": Payload(), "labels": []}, protocol=2))
+    monkeypatch.setitem(dc.ORIGINAL_MD5, "data_batch_3", hashlib.md5((folder / "data_batch_3").read_bytes()).hexdigest())
+    with pytest.raises(DlcliError, match="data_batch_3 cannot be read as a CIFAR-10 batch \\(it names .*system"):
+        load_data("cifar10", {}, tmp_path, seed=0)
+    assert not (tmp_path / "ran").exists()
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": numpy.zeros((4, 100), numpy.uint8), "labels": [0] * 4}))
+    monkeypatch.setitem(dc.ORIGINAL_MD5, "data_batch_3", hashlib.md5((folder / "data_batch_3").read_bytes()).hexdigest())
+    with pytest.raises(DlcliError, match="does not hold 32x32 colour images"):
+        load_data("cifar10", {}, tmp_path, seed=0)
+
+
+def test_nothing_there_and_offline_is_one_sentence_naming_both_copies(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    def must_not_download(self):
+        raise AssertionError("download attempted although no server answered")
+
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    monkeypatch.setattr(CIFAR10, "download", must_not_download)
+    with pytest.raises(DlcliError) as e:
+        load_data("cifar10", {}, tmp_path, seed=0)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"CIFAR-10 not found under {tmp_path} and no network")
+    assert "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)" in msg
+    assert f"cifar-10-batches-py/ folder it holds in {tmp_path}" in msg
+    assert f"{tmp_path}/cifar10-jpg/{{train,test}}/<class>/*.jpg" in msg
+    with pytest.raises(DlcliError, match="image folders .*cifar10-jpg/train/<class>/\\*.jpg .*files: images"):
+        load_data("cifar10", {"files": "images"}, tmp_path, seed=0)
+
+
+def _tarball(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The small original packed as the author's tarball (in its own folder), its MD5 made the expected one."""
+    src = tmp_path / "src"
+    write_original(src, monkeypatch)
+    served = tmp_path / "served"
+    served.mkdir()
+    tar = served / dc.TARBALL
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(src / dc.ORIGINAL_FOLDER, arcname=dc.ORIGINAL_FOLDER)
+    md5 = hashlib.md5(tar.read_bytes()).hexdigest()
+    monkeypatch.setattr(dc, "TARBALL_MD5", md5)
+    from torchvision.datasets import (
+        CIFAR10,  # torchvision checks the tarball and every file it holds
+    )
+
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5)
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, dc.ORIGINAL_MD5[n]] for n in dc.TRAIN_BATCHES])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", dc.ORIGINAL_MD5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": dc.ORIGINAL_MD5["batches.meta"]})
+    return tar
+
+
+def test_a_placed_tarball_is_extracted_without_a_network(tmp_path, monkeypatch):
+    tar = _tarball(tmp_path, monkeypatch)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / dc.TARBALL).write_bytes(tar.read_bytes())
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    b = load_data("cifar10", {"val_size": 0}, root, seed=0)
+    assert len(b.train) == 5 * PER_BATCH and (root / dc.ORIGINAL_FOLDER / "test_batch").is_file()
+    assert any("extracted from" in n for n in b.extra["notes"])
+    import shutil
+
+    shutil.rmtree(root / dc.ORIGINAL_FOLDER)
+    (root / dc.TARBALL).write_bytes(tar.read_bytes()[:-10])  # a cut download
+    with pytest.raises(DlcliError, match="is not the original CIFAR-10 tarball"):
+        load_data("cifar10", {}, root, seed=0)
+
+
+def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
+    """The real download path: torchvision fetches the tarball over HTTP (here from a local server), checks and
+    extracts it, and a run trains on it; stdout stays one JSON document (torchvision before 0.2x printed its
+    progress there; dlcli sends whatever it prints to stderr)."""
+    tar = _tarball(tmp_path, monkeypatch)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tar.parent), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{dc.TARBALL}")
+    root = tmp_path / "data"
+    try:
+        res = cli("train", "resnet20-cifar10", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                  "--data-dir", str(root), "--set", "data.args.val_size=4", "--out", str(tmp_path / "run"), "--json")
+    finally:
+        server.shutdown()
+    assert res.code == 0, res.err
+    header = res.json()["header"]  # stdout held the JSON document and nothing else
+    assert header["train_samples"] == 5 * PER_BATCH - 4
+    assert any(n.startswith(f"CIFAR-10 downloaded into {root / dc.ORIGINAL_FOLDER}") for n in header["notes"])
+    assert (root / dc.TARBALL).is_file() and (root / dc.ORIGINAL_FOLDER / "batches.meta").is_file()
+
+
+def test_bench_real_input_reads_the_original_batches(tmp_path, monkeypatch):
+    from dlcli.bench.workload import RealData
+
+    write_original(tmp_path, monkeypatch)
+    real = RealData.open((3, 32, 32), str(tmp_path), seed=0)
+    x, y = _decode(_jpegs("train", 5 * PER_BATCH))
+    assert real.name == "CIFAR-10" and len(real.dataset) == 5 * PER_BATCH
+    img, label = real.dataset[6]
+    assert torch.equal(img, x[6]) and label == int(y[6])
+    big, _ = RealData.open((3, 48, 40), str(tmp_path), seed=0).dataset[0]
+    assert big.shape == (3, 48, 40) and big.dtype == torch.uint8
