@@ -422,11 +422,12 @@ def verify_cmd(
 
 
 def _mount_extensions() -> None:
-    from dlcli import cli_attack, cli_bench, cli_gen
+    from dlcli import cli_attack, cli_bench, cli_data, cli_gen
 
     app.add_typer(cli_attack.attack_app, name="attack")
     cli_bench.register(app)
     cli_gen.register(app)
+    cli_data.register(app)
 
 
 _mount_extensions()

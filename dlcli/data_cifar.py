@@ -94,20 +94,29 @@ def _read_batch(path: Path) -> dict[str, Any]:
     return entry
 
 
-def read_original(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """The original batches of ``folder``: train images (50000, 3, 32, 32) uint8, train labels (50000,) int64,
-    test images and labels (10,000), and the 10 class names, in the files' order. Each file must have its
-    published MD5 (``ORIGINAL_MD5``)."""
-    import numpy
-
+def original_problem(folder: Path) -> tuple[str, str] | None:
+    """None when every file of the original is in ``folder`` with its published MD5 (``ORIGINAL_MD5``), else
+    ("incomplete" | "damaged", one line naming the file and what to do)."""
     for name, md5 in ORIGINAL_MD5.items():
         path = folder / name
         if not path.is_file():
-            raise DlcliError(f"{path} is missing (the original CIFAR-10 has {', '.join(ORIGINAL_MD5)} in "
-                             f"{ORIGINAL_FOLDER}/): put it back, or delete {folder} to download it again")
+            return "incomplete", (f"{path} is missing (the original CIFAR-10 has {', '.join(ORIGINAL_MD5)} in "
+                                  f"{ORIGINAL_FOLDER}/): put it back, or delete {folder} to download it again")
         if hashlib.md5(path.read_bytes()).hexdigest() != md5:
-            raise DlcliError(f"{path} is not the original CIFAR-10 file (its MD5 is not the published {md5}): "
-                             f"replace it, or delete {folder} to download it again")
+            return "damaged", (f"{path} is not the original CIFAR-10 file (its MD5 is not the published {md5}): "
+                               f"replace it, or delete {folder} to download it again")
+    return None
+
+
+def read_original(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """The original batches of ``folder``: train images (50000, 3, 32, 32) uint8, train labels (50000,) int64,
+    test images and labels (10,000), and the 10 class names, in the files' order. Each file must have its
+    published MD5 (``original_problem``)."""
+    import numpy
+
+    problem = original_problem(folder)
+    if problem is not None:
+        raise DlcliError(problem[1])
     meta = _read_batch(folder / "batches.meta")
     classes = [str(c) for c in meta.get("label_names", [])]
     splits: list[torch.Tensor] = []

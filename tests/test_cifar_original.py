@@ -9,12 +9,14 @@ images: the JPEG copy's pixels, decoded by torchvision, which the reader's outpu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
 import pickle
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy
@@ -190,11 +192,9 @@ def test_a_placed_tarball_is_extracted_without_a_network(tmp_path, monkeypatch):
         load_data("cifar10", {}, root, seed=0)
 
 
-def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
-    """The real download path: torchvision fetches the tarball over HTTP (here from a local server), checks and
-    extracts it, and a run trains on it; stdout stays one JSON document (torchvision before 0.2x printed its
-    progress there; dlcli sends whatever it prints to stderr)."""
-    tar = _tarball(tmp_path, monkeypatch)
+@contextlib.contextmanager
+def serving(tar: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """torchvision's CIFAR10 downloads ``tar`` from a local HTTP server while in the block."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
@@ -210,13 +210,21 @@ def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     from torchvision.datasets import CIFAR10
 
-    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{dc.TARBALL}")
-    root = tmp_path / "data"
+    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{tar.name}")
     try:
-        res = cli("train", "resnet20-cifar10", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                  "--data-dir", str(root), "--set", "data.args.val_size=4", "--out", str(tmp_path / "run"), "--json")
+        yield
     finally:
         server.shutdown()
+
+
+def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
+    """The real download path: torchvision fetches the tarball over HTTP (here from a local server), checks and
+    extracts it, and a run trains on it; stdout stays one JSON document (torchvision before 0.2x printed its
+    progress there; dlcli sends whatever it prints to stderr)."""
+    root = tmp_path / "data"
+    with serving(_tarball(tmp_path, monkeypatch), monkeypatch):
+        res = cli("train", "resnet20-cifar10", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                  "--data-dir", str(root), "--set", "data.args.val_size=4", "--out", str(tmp_path / "run"), "--json")
     assert res.code == 0, res.err
     header = res.json()["header"]  # stdout held the JSON document and nothing else
     assert header["train_samples"] == 5 * PER_BATCH - 4

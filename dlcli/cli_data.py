@@ -1,0 +1,63 @@
+"""``dlcli data``: where dlcli looks for each real data set and what it finds there; ``--download`` fetches
+them ahead of time. Parse, call ``dlcli.data_status``, report. ``dlcli.cli`` calls :func:`register`.
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dlcli.options import DataDirOpt, JsonOpt
+
+EPILOG = """Examples:
+
+* `dlcli data` (MNIST, Fashion-MNIST and CIFAR-10: found or not, where, and which recipes use them)
+* `dlcli data --download` on a machine with internet (a cluster's login node) fetches what is missing; then
+  `DLCLI_DATA=THAT_FOLDER dlcli train lenet` on the nodes without it
+* `dlcli data cifar10 --download --data-dir /shared/datasets` (CIFAR-10: the original python batches, 163 MB)
+* `dlcli data --json | jq -r '.data_sets[] | select(.state != "found") | .name'`
+"""
+
+
+def data(
+    names: Annotated[Optional[list[str]], typer.Argument(
+        help="mnist | fashion-mnist | cifar10 [default: all three].", show_default=False)] = None,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Fetch the named data sets (default: those not found) into the data root, as a run "
+                           "would; offline, one line saying which files to put where.")] = False,
+    data_dir: DataDirOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Show where each real data set is looked for (--data-dir, else $DLCLI_DATA, else ~/.cache/dlcli) and what
+    is there; with --download, fetch them first."""
+    from dlcli import report
+    from dlcli.data_status import check_names, fetch, inspect
+
+    wanted = check_names(list(names or []))
+    downloaded = []
+    if download:
+        before = {row["name"]: row["state"] for row in inspect(wanted, data_dir)["data_sets"]}
+        for name in wanted:
+            if names or before[name] != "found":  # named: fetch (and check) it even when it looks complete
+                report.err.print(f"fetching {name} ...", markup=False, highlight=False)
+                fetch(name, data_dir)
+                downloaded.append(name)
+    result = inspect(wanted, data_dir)
+    result["fetched"] = downloaded
+    if json:
+        report.print_json(result)
+        return
+    rows = [[r["name"], r["state"], r["detail"], ", ".join(r["recipes"]) or "-"] for r in result["data_sets"]]
+    report.out.print(report.table(f"data sets under {result['data_root']} (from {result['from']})",
+                                  ["data set", "state", "what is there", "used by"], rows))
+    if any(r["state"] != "found" for r in result["data_sets"]) and not download:
+        report.out.print("fetch what is missing with `dlcli data --download` (needs internet), or put the files "
+                         "where the table says and point --data-dir or DLCLI_DATA at their folder",
+                         markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``data`` to the dlcli Typer app."""
+    app.command("data", epilog=EPILOG)(data)

@@ -1,0 +1,84 @@
+"""``dlcli data``: what it reports for the real data sets (found, missing, incomplete, damaged; which copy of
+CIFAR-10; which recipes use each), and ``--download`` (offline: one line; online: the original CIFAR-10 from a
+local server, through torchvision's real download)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from test_cifar import real_cifar
+from test_cifar_original import _tarball, serving, write_original
+
+import dlcli.data_cifar as dc
+import dlcli.download
+
+
+def _rows(res) -> dict[str, dict]:
+    assert res.code == 0, res.err
+    return {r["name"]: r for r in res.json()["data_sets"]}
+
+
+def test_the_shared_data_is_found_with_its_recipes(cli, data_dir):
+    res = cli("data", "--data-dir", str(data_dir), "--json")
+    rows = _rows(res)
+    assert res.json()["data_root"] == str(data_dir) and res.json()["from"] == "--data-dir"
+    assert rows["mnist"]["state"] == "found" and "the 4 IDX files" in rows["mnist"]["detail"]
+    assert {"lenet", "lenet-modern", "sdae", "dbn"} <= set(rows["mnist"]["recipes"])
+    assert "lenet" not in rows["fashion-mnist"]["recipes"] and "lenet-fashion" in rows["fashion-mnist"]["recipes"]
+    if real_cifar() == data_dir:
+        assert rows["cifar10"]["state"] == "found"
+        assert "image folders, 50,000 + 10,000 images (not the original pixels" in rows["cifar10"]["detail"]
+        assert set(rows["cifar10"]["recipes"]) == {"alexnet-cifar10", "resnet18-cifar10", "resnet20-cifar10",
+                                                   "resnet56-cifar10"}
+    table = cli("data", "mnist", "--data-dir", str(data_dir))
+    assert table.code == 0 and "found" in table.out and "lenet-modern" in table.out and "cifar10" not in table.out
+
+
+def test_missing_incomplete_and_damaged_files_are_told_apart(cli, tmp_path, data_dir):
+    empty = cli("data", "--data-dir", str(tmp_path))
+    assert empty.code == 0 and "dlcli data --download" in empty.out  # says how to get them
+    assert {r["state"] for r in _rows(cli("data", "--data-dir", str(tmp_path), "--json")).values()} == {"missing"}
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data_dir / "MNIST" / "raw" / name, raw / name)
+    row = _rows(cli("data", "mnist", "--data-dir", str(tmp_path), "--json"))["mnist"]
+    assert row["state"] == "incomplete" and row["detail"].endswith("missing t10k-images-idx3-ubyte")
+    (raw / "t10k-images-idx3-ubyte").write_bytes((data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+                                                 .read_bytes()[:-784])  # one image short: a cut download
+    row = _rows(cli("data", "mnist", "--data-dir", str(tmp_path), "--json"))["mnist"]
+    assert row["state"] == "damaged" and "7,839,232 bytes, not 7,840,016" in row["detail"]
+
+
+@pytest.mark.skipif(real_cifar() is None, reason="real CIFAR-10 (cifar10-jpg/) not found")
+def test_the_original_cifar_batches_are_checked(cli, tmp_path, monkeypatch):
+    folder = write_original(tmp_path, monkeypatch)
+    row = _rows(cli("data", "cifar10", "--data-dir", str(tmp_path), "--json"))["cifar10"]
+    assert row["state"] == "found" and "the original batches, each with its published MD5" in row["detail"]
+    batch = folder / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:-1] + b"\x00")
+    row = _rows(cli("data", "cifar10", "--data-dir", str(tmp_path), "--json"))["cifar10"]
+    assert row["state"] == "damaged" and row["detail"].startswith(f"{batch} is not the original CIFAR-10 file (its MD5")
+
+
+def test_unknown_names_and_offline_downloads_are_one_line(cli, tmp_path, monkeypatch):
+    bad = cli("data", "imagenet")
+    assert bad.code == 2 and "unknown data set 'imagenet'; the real data sets are: mnist, fashion-mnist, cifar10" in bad.err
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    res = cli("data", "mnist", "--download", "--data-dir", str(tmp_path))
+    lines = [ln for ln in res.err.splitlines() if ln.strip() and not ln.startswith("fetching")]
+    assert res.code == 1 and len(lines) == 1 and lines[0].startswith("error: MNIST not found under")
+
+
+@pytest.mark.skipif(real_cifar() is None, reason="real CIFAR-10 (cifar10-jpg/) not found")
+def test_download_fetches_what_is_missing(cli, tmp_path, monkeypatch, data_dir):
+    root = tmp_path / "data"
+    shutil.copytree(data_dir / "MNIST", root / "MNIST")  # found: left alone
+    shutil.copytree(data_dir / "FashionMNIST", root / "FashionMNIST")
+    with serving(_tarball(tmp_path, monkeypatch), monkeypatch):
+        res = cli("data", "--download", "--data-dir", str(root), "--json")
+    rows = _rows(res)
+    assert res.json()["fetched"] == ["cifar10"]
+    assert rows["cifar10"]["state"] == "found" and "original batches" in rows["cifar10"]["detail"]
+    assert (root / dc.ORIGINAL_FOLDER / "data_batch_5").is_file() and not (root / "MNIST" / "raw" / "MNIST").exists()
