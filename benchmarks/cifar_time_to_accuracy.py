@@ -28,12 +28,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from dlcli import timing
 
 
 def _sync(device: str) -> None:
@@ -141,9 +142,10 @@ def run(recipe_name: str, target: float | None, device: str, sets: list[str], wa
 
 def steady_epoch_s(history: list[dict[str, Any]]) -> float | None:
     """The median training time of the epochs after the first, which carries compilation, CUDA-graph capture and
-    cuDNN's autotuning (52 s of ResNet-56's 247 s with graphs on an H200); None with fewer than 2 epochs."""
-    t = [e["train_time_s"] for e in history]
-    return round(statistics.median(b - a for a, b in zip(t, t[1:])), 3) if len(t) > 1 else None
+    cuDNN's autotuning (52 s of ResNet-56's 247 s with graphs on an H200): ``dlcli.timing.steady_epoch_s`` over
+    this script's rows (numbered from 1 where they carry no epoch), to the millisecond; None with fewer than 2."""
+    steady = timing.steady_epoch_s((e.get("epoch", i + 1), e["train_time_s"]) for i, e in enumerate(history))
+    return round(steady, 3) if steady is not None else None
 
 
 def markdown(r: dict[str, Any]) -> str:

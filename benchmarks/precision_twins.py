@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from dlcli import timing
 
 
 def load_curve(path: str) -> dict[int, dict[str, float]]:
@@ -61,11 +62,9 @@ def _load_curve(path: str) -> dict[int, dict[str, float]]:
 
 def steady_epoch_s(curve: dict[int, dict[str, float]]) -> float | None:
     """Median training seconds of epochs 2, 3, ... (the first carries compilation and warm-up), from the
-    cumulative ``train_time_s`` of consecutive epochs; None where the curve has no times."""
-    times = [(e, r.get("train_time_s")) for e, r in sorted(curve.items())]
-    deltas = [t1 - t0 for (e0, t0), (e1, t1) in zip(times, times[1:])
-              if e1 == e0 + 1 and t0 is not None and t1 is not None]
-    return statistics.median(deltas) if deltas else None
+    cumulative ``train_time_s`` of consecutive epochs (``dlcli.timing.steady_epoch_s``); None where the curve
+    has no times (files written before the script recorded them)."""
+    return timing.steady_epoch_s((e, r.get("train_time_s")) for e, r in curve.items())
 
 
 def compare(curves: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:

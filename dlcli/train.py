@@ -10,6 +10,9 @@ Checkpoints: ``last.pt`` holds everything to continue (weights, task state with 
 RNG, position, rows so far) and is written at the end of every epoch and on Ctrl-C; ``best.pt`` holds what
 evaluation needs (weights, recipe, data description), written when the monitored metric improves within the
 task's final stage (every epoch when the task monitors nothing). Final metrics go to ``summary.json``.
+Wall times: ``train_time_s`` adds up every segment of a resumed run; ``first_epoch_s`` and ``epoch_time_s``
+describe this process's epochs only, and stay out of the per-epoch rows (a resumed or multi-process run must
+reproduce those exactly).
 
 ``--resume RUN --epochs N`` on a finished run trains epochs it has not seen with a new learning-rate schedule
 spanning only the added epochs (warm-up included), continuing from the finished weights and optimiser state.
@@ -36,6 +39,7 @@ from dlcli.plots import pyplot
 from dlcli.registry import TASKS
 from dlcli.runtime import Runtime, seed_everything
 from dlcli.tasks.base import Task, TaskContext, count_parameters, rng_state, set_rng_state
+from dlcli.timing import steady_epoch_s
 
 
 class Interrupted(DlcliError):
@@ -243,6 +247,14 @@ def _resume_payload(task: Task, recipe: Recipe, epoch: int, step: int, log: list
     }
 
 
+def _epoch_times(ends: list[tuple[int, float]]) -> dict[str, float | None]:
+    """``first_epoch_s``: this process's first epoch, compilation and warm-up included (a resumed run compiles
+    again; resumed within an epoch, it is that epoch's rest); ``epoch_time_s``: the steady epoch after it."""
+    steady = steady_epoch_s(ends)
+    return {"first_epoch_s": round(ends[0][1], 3) if ends else None,
+            "epoch_time_s": round(steady, 3) if steady is not None else None}
+
+
 class Trainer:
     """One training run: the epoch loop around a task, the run folder, checkpoints, Ctrl-C and the processes.
 
@@ -323,6 +335,7 @@ class Trainer:
         stopped_early = False
         fault = _fault_injection(rt.rank)
         t0 = time.perf_counter()
+        ends: list[tuple[int, float]] = []  # (epoch from 1, seconds since t0) of the epochs this process ran
         with _StopFlag() as stop:
             try:
                 while epoch < recipe.epochs:
@@ -354,6 +367,7 @@ class Trainer:
                     if is_best:
                         self.save("best.pt", _model_payload(task, recipe, epoch, self.history, best))
                     self.write_metrics()
+                    ends.append((epoch, time.perf_counter() - t0))
                     if task.converged(metrics):
                         stopped_early = epoch < recipe.epochs
                         break
@@ -372,6 +386,7 @@ class Trainer:
         final = task.finish(self.run_dir)  # every rank (it may reduce metrics); tasks write figures on rank 0
         final["best_epoch"] = best.get("epoch") if best else None
         final["train_time_s"] = round(elapsed, 3)
+        final.update(_epoch_times(ends))
         rows = [r for r in self.log if "row" in r]
         result = TrainResult(self.run_dir, recipe, header, final, self.history, len(self.history), stopped_early,
                              elapsed, rows=rows)
