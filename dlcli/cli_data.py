@@ -1,5 +1,5 @@
-"""``dlcli data``: where dlcli looks for each real data set and what it finds there; ``--download`` fetches
-them ahead of time. Parse, call ``dlcli.data_status``, report. ``dlcli.cli`` calls :func:`register`.
+"""``dlcli data``: where dlcli looks for each real data set (and torchvision's ImageNet weights) and what it
+finds there; ``--download`` fetches them ahead of time. Parse, call ``dlcli.data_status``, report. ``dlcli.cli`` calls :func:`register`.
 Importing this module does not import torch.
 """
 
@@ -13,7 +13,8 @@ from dlcli.options import DataDirOpt, JsonOpt
 
 EPILOG = """Examples:
 
-* `dlcli data` (MNIST, Fashion-MNIST and CIFAR-10: found or not, where, and which recipes use them)
+* `dlcli data` (MNIST, Fashion-MNIST, CIFAR-10 and the ImageNet weights of alexnet, resnet18 and resnet50:
+  found or not, where, and which recipes use them)
 * `dlcli data --download` on a machine with internet (a cluster's login node) fetches what is missing; then
   `DLCLI_DATA=THAT_FOLDER dlcli train lenet` on the nodes without it
 * `dlcli data cifar10 --download --data-dir /shared/datasets` (CIFAR-10: the original python batches, 163 MB)
@@ -23,15 +24,17 @@ EPILOG = """Examples:
 
 def data(
     names: Annotated[Optional[list[str]], typer.Argument(
-        help="mnist | fashion-mnist | cifar10 [default: all three].", show_default=False)] = None,
+        help="mnist | fashion-mnist | cifar10 | alexnet-imagenet | resnet18-imagenet | resnet50-imagenet "
+             "[default: all].", show_default=False)] = None,
     download: Annotated[bool, typer.Option(
-        "--download", help="Fetch the named data sets (default: those not found) into the data root, as a run "
-                           "would; offline, one line saying which files to put where.")] = False,
+        "--download", help="Fetch those of the named (default: all) that are not found: data into the data root, "
+                           "as a run would; weights into the torch hub cache. Offline, one line saying which "
+                           "files to put where.")] = False,
     data_dir: DataDirOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Show where each real data set is looked for (--data-dir, else $DLCLI_DATA, else ~/.cache/dlcli) and what
-    is there; with --download, fetch them first."""
+    """Show where each real data set is looked for (--data-dir, else $DLCLI_DATA, else ~/.cache/dlcli), and the
+    ImageNet weights in the torch hub cache, and what is there; with --download, fetch what is not found first."""
     from dlcli import report
     from dlcli.data_status import check_names, fetch, inspect
 
@@ -40,7 +43,7 @@ def data(
     if download:
         before = {row["name"]: row["state"] for row in inspect(wanted, data_dir)["data_sets"]}
         for name in wanted:
-            if names or before[name] != "found":  # named: fetch (and check) it even when it looks complete
+            if before[name] != "found":
                 report.err.print(f"fetching {name} ...", markup=False, highlight=False)
                 fetch(name, data_dir)
                 downloaded.append(name)
@@ -50,7 +53,8 @@ def data(
         report.print_json(result)
         return
     rows = [[r["name"], r["state"], r["detail"], ", ".join(r["recipes"]) or "-"] for r in result["data_sets"]]
-    report.out.print(report.table(f"data sets under {result['data_root']} (from {result['from']})",
+    report.out.print(report.table(f"data under {result['data_root']} (from {result['from']}); weights in the "
+                                  "torch hub cache",
                                   ["data set", "state", "what is there", "used by"], rows))
     if any(r["state"] != "found" for r in result["data_sets"]) and not download:
         report.out.print("fetch what is missing with `dlcli data --download` (needs internet), or put the files "

@@ -1,11 +1,14 @@
-"""What ``dlcli data`` reports and does: for each real data set, where dlcli looks for it, what it finds there
-and which recipes use it; and fetching data sets ahead of time, for machines whose training nodes have no
-network (download on a login node, then point ``--data-dir`` or ``DLCLI_DATA`` at the same folder).
+"""What ``dlcli data`` reports and does: for each real data set, and for the torchvision ImageNet weights that
+``pretrained: true`` loads, where dlcli looks for it, what it finds there and which recipes use it; and
+fetching them ahead of time, for machines whose training nodes have no network (download on a login node,
+then point ``--data-dir`` or ``DLCLI_DATA`` at the same folder; the weights go to the torch hub cache, which
+``TORCH_HOME`` moves).
 
 Inspecting reads no image: file names and sizes for MNIST's IDX files, the published MD5 of each original
 CIFAR-10 batch (``dlcli.data_cifar.original_problem``, what training checks too), a count of the image files
-of CIFAR-10's image folders. Fetching
-goes through the data sources themselves (``dlcli.data.load_data``), so it downloads exactly what a run would.
+of CIFAR-10's image folders, the SHA-256 prefix that a weights file's name carries. Fetching data goes
+through the data sources themselves (``dlcli.data.load_data``), so it downloads exactly what a run would;
+weights are the files torchvision's ``Weights`` enums name, downloaded as torch.hub does.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from typing import Any
 
 from dlcli.data import data_root, load_data
 from dlcli.data_cifar import ORIGINAL_FOLDER, TARBALL, original_problem
+from dlcli.download import fetch_file, hash_prefix, hub_checkpoint
 from dlcli.errors import UsageError
 
 #: the real data sets a recipe can name, and their folder under the data root
 REAL_DATA = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": ORIGINAL_FOLDER}
+#: torchvision's ImageNet weights that ``model.args.pretrained: true`` reads: name -> (dlcli model, Weights enum)
+WEIGHTS = {"alexnet-imagenet": ("alexnet", "AlexNet_Weights"), "resnet18-imagenet": ("resnet18", "ResNet18_Weights"),
+           "resnet50-imagenet": ("resnet50", "ResNet50_Weights")}
+NAMES = (*REAL_DATA, *WEIGHTS)
 #: the IDX files of MNIST and Fashion-MNIST (the same names and sizes for both) -> bytes
 IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60_000,
              "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28, "t10k-labels-idx1-ubyte": 8 + 10_000}
@@ -32,11 +40,11 @@ def root_and_origin(data_dir: str | None) -> tuple[Path, str]:
 
 
 def check_names(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in REAL_DATA]
+    unknown = [n for n in names if n not in NAMES]
     if unknown:
-        raise UsageError(f"unknown data set {unknown[0]!r}; the real data sets are: {', '.join(REAL_DATA)} "
-                         "(the toy data is generated; image folders are given per run with data.args.path)")
-    return names or list(REAL_DATA)
+        raise UsageError(f"unknown data set or weights {unknown[0]!r}; expected one of: {', '.join(NAMES)} (the toy "
+                         "data is generated; image folders are given per run with data.args.path)")
+    return names or list(NAMES)
 
 
 def _idx_state(root: Path, folder: str) -> tuple[str, str]:
@@ -78,12 +86,34 @@ def _cifar_state(root: Path) -> tuple[str, str]:
     return "missing", f"neither {original}/ nor {images}/{{train,test}}/ nor {tarball}"
 
 
+def weights_url(name: str) -> str:
+    """The URL of torchvision's IMAGENET1K_V1 weights for ``name`` (what the model builders load)."""
+    import torchvision.models as tvm
+
+    return getattr(tvm, WEIGHTS[name][1]).IMAGENET1K_V1.url
+
+
+def _weights_state(name: str) -> tuple[str, str]:
+    import hashlib
+
+    url = weights_url(name)
+    path = hub_checkpoint(url)
+    if not path.is_file():
+        return "missing", f"not in the torch hub cache: {path} (from {url})"
+    prefix = hash_prefix(path)
+    if prefix and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(prefix):
+        return "damaged", f"{path}: its SHA-256 does not start with {prefix}, as its name says (a cut download?)"
+    return "found", f"{path}: torchvision's ImageNet weights (IMAGENET1K_V1), for model.args.pretrained: true"
+
+
 def recipes_using() -> dict[str, list[str]]:
-    """Data set -> the recipes that train on it (read from the recipe files; no torch)."""
+    """Data set or weights -> the recipes that use it (read from the recipe files; no torch). Weights are used by
+    the recipes of their model when trained with ``--set model.args.pretrained=true``."""
     from dlcli.config import load_recipe, recipe_names
     from dlcli.errors import DlcliError
 
-    users: dict[str, list[str]] = {name: [] for name in REAL_DATA}
+    users: dict[str, list[str]] = {name: [] for name in NAMES}
+    by_model = {model: name for name, (model, _) in WEIGHTS.items()}
     for name in recipe_names():
         try:
             r = load_recipe(name, check_builders=False)
@@ -91,23 +121,34 @@ def recipes_using() -> dict[str, list[str]]:
             continue  # `dlcli list` names invalid recipes
         if r.data is not None and r.data.source in users:
             users[r.data.source].append(name)
+        if r.model.name in by_model:
+            users[by_model[r.model.name]].append(f"{name} (pretrained)")
     return users
 
 
 def inspect(names: list[str], data_dir: str | None) -> dict[str, Any]:
-    """One row per data set: name, state (found | missing | incomplete | damaged), detail, recipes using it."""
+    """One row per data set or weights file: name, state (found | missing | incomplete | damaged), detail, the
+    recipes using it."""
     root, origin = root_and_origin(data_dir)
     users = recipes_using()
     rows = []
     for name in check_names(names):
-        state, detail = _cifar_state(root) if name == "cifar10" else _idx_state(root, REAL_DATA[name])
+        if name in WEIGHTS:
+            state, detail = _weights_state(name)
+        else:
+            state, detail = _cifar_state(root) if name == "cifar10" else _idx_state(root, REAL_DATA[name])
         rows.append({"name": name, "state": state, "detail": detail, "recipes": users[name]})
     return {"data_root": str(root), "from": origin, "data_sets": rows}
 
 
 def fetch(name: str, data_dir: str | None) -> None:
-    """Download ``name`` into the data root as a run would (CIFAR-10: the original batches), or raise the one-line
-    error saying what to put where. Reading the files afterwards checks them."""
+    """Download ``name`` as a run would need it (CIFAR-10: the original batches; weights: into the torch hub
+    cache), or raise the one-line error saying what to put where. Data is read afterwards, which checks it."""
+    if name in WEIGHTS:
+        url = weights_url(name)
+        dest = hub_checkpoint(url)
+        fetch_file(url, dest, name, f"place {dest.name} (from {url}) in {dest.parent}/ (TORCH_HOME moves it)")
+        return
     args: dict[str, Any] = {"val_size": 0}
     if name == "cifar10":
         args["files"] = "original"

@@ -97,3 +97,41 @@ def torchvision_dataset(cls_name: str, root: Path, what: str, hint: str, **kwarg
             first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             reason = f"the download failed: {first[:120]}"
     raise DlcliError(f"{what} not found under {root} and {reason}; {hint}")
+
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub (and torchvision's ``weights=``) caches the file of ``url``:
+    ``<torch.hub.get_dir()>/checkpoints/<the URL's file name>`` (``TORCH_HOME`` moves it)."""
+    import os
+
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def hash_prefix(path: Path) -> str | None:
+    """The SHA-256 prefix torch.hub's file names carry (``alexnet-owt-7be5be79.pth``), or None."""
+    import re
+
+    import torch.hub
+
+    m = re.search(torch.hub.HASH_REGEX, path.name)
+    return m.group(1) if m else None
+
+
+def fetch_file(url: str, dest: Path, what: str, hint: str) -> None:
+    """Download ``url`` to ``dest`` (a temporary file renamed when complete; its SHA-256 checked against the
+    prefix in its name, as torch.hub does), or raise one line: "<what> not found at <dest> and <reason>; <hint>"."""
+    import torch.hub
+
+    reason = None if any_reachable([url]) else "no network: its server did not answer"
+    if reason is None:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.redirect_stdout(sys.stderr), socket_timeout(DOWNLOAD_TIMEOUT_S):
+                torch.hub.download_url_to_file(url, str(dest), hash_prefix(dest), progress=True)
+            return
+        except Exception as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            reason = f"the download failed: {first[:120]}"
+    raise DlcliError(f"{what} not found at {dest} and {reason}; {hint}")

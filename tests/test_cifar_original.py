@@ -193,12 +193,12 @@ def test_a_placed_tarball_is_extracted_without_a_network(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def serving(tar: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """torchvision's CIFAR10 downloads ``tar`` from a local HTTP server while in the block."""
+def http_server(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local HTTP server of ``folder``'s files while in the block (no proxy in the way); yields its base URL."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(tar.parent), **kw)
+            super().__init__(*a, directory=str(folder), **kw)
 
         def log_message(self, *a):
             pass
@@ -208,13 +208,20 @@ def serving(tar: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    from torchvision.datasets import CIFAR10
-
-    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{tar.name}")
     try:
-        yield
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+@contextlib.contextmanager
+def serving(tar: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """torchvision's CIFAR10 downloads ``tar`` from a local HTTP server while in the block."""
+    from torchvision.datasets import CIFAR10
+
+    with http_server(tar.parent, monkeypatch) as base:
+        monkeypatch.setattr(CIFAR10, "url", f"{base}/{tar.name}")
+        yield
 
 
 def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):

@@ -1,17 +1,27 @@
-"""``dlcli data``: what it reports for the real data sets (found, missing, incomplete, damaged; which copy of
-CIFAR-10; which recipes use each), and ``--download`` (offline: one line; online: the original CIFAR-10 from a
-local server, through torchvision's real download)."""
+"""``dlcli data``: what it reports for the real data sets and torchvision's ImageNet weights (found, missing,
+incomplete, damaged; which copy of CIFAR-10; which recipes use each), and ``--download`` (offline: one line;
+online: the original CIFAR-10 and a weights file from a local server, through the real download code)."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import pytest
+import torch
 from test_cifar import real_cifar
-from test_cifar_original import _tarball, serving, write_original
+from test_cifar_original import _tarball, http_server, serving, write_original
 
 import dlcli.data_cifar as dc
+import dlcli.data_status
 import dlcli.download
+
+
+@pytest.fixture(autouse=True)
+def empty_hub(tmp_path, monkeypatch):
+    """The torch hub cache (where the weights go) in the test's folder, empty."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
 
 
 def _rows(res) -> dict[str, dict]:
@@ -64,7 +74,8 @@ def test_the_original_cifar_batches_are_checked(cli, tmp_path, monkeypatch):
 
 def test_unknown_names_and_offline_downloads_are_one_line(cli, tmp_path, monkeypatch):
     bad = cli("data", "imagenet")
-    assert bad.code == 2 and "unknown data set 'imagenet'; the real data sets are: mnist, fashion-mnist, cifar10" in bad.err
+    assert bad.code == 2 and ("unknown data set or weights 'imagenet'; expected one of: mnist, fashion-mnist, "
+                              "cifar10, alexnet-imagenet, resnet18-imagenet, resnet50-imagenet") in bad.err
     monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
     res = cli("data", "mnist", "--download", "--data-dir", str(tmp_path))
     lines = [ln for ln in res.err.splitlines() if ln.strip() and not ln.startswith("fetching")]
@@ -77,8 +88,43 @@ def test_download_fetches_what_is_missing(cli, tmp_path, monkeypatch, data_dir):
     shutil.copytree(data_dir / "MNIST", root / "MNIST")  # found: left alone
     shutil.copytree(data_dir / "FashionMNIST", root / "FashionMNIST")
     with serving(_tarball(tmp_path, monkeypatch), monkeypatch):
-        res = cli("data", "--download", "--data-dir", str(root), "--json")
+        res = cli("data", "mnist", "fashion-mnist", "cifar10", "--download", "--data-dir", str(root), "--json")
     rows = _rows(res)
     assert res.json()["fetched"] == ["cifar10"]
     assert rows["cifar10"]["state"] == "found" and "original batches" in rows["cifar10"]["detail"]
     assert (root / dc.ORIGINAL_FOLDER / "data_batch_5").is_file() and not (root / "MNIST" / "raw" / "MNIST").exists()
+
+
+def test_imagenet_weights_are_found_fetched_and_checked(cli, tmp_path, monkeypatch, empty_hub):
+    row = _rows(cli("data", "alexnet-imagenet", "--json"))["alexnet-imagenet"]
+    assert row["state"] == "missing" and row["detail"] == (
+        f"not in the torch hub cache: {empty_hub / 'alexnet-owt-7be5be79.pth'} "
+        "(from https://download.pytorch.org/models/alexnet-owt-7be5be79.pth)")
+    assert row["recipes"] == ["alexnet-imagefolder (pretrained)"]
+    probe = dlcli.download.any_reachable
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    off = cli("data", "alexnet-imagenet", "--download")
+    assert off.code == 1 and off.err.strip().splitlines()[-1] == (
+        f"error: alexnet-imagenet not found at {empty_hub / 'alexnet-owt-7be5be79.pth'} and no network: its server "
+        f"did not answer; place alexnet-owt-7be5be79.pth (from https://download.pytorch.org/models/"
+        f"alexnet-owt-7be5be79.pth) in {empty_hub}/ (TORCH_HOME moves it)")
+    monkeypatch.setattr(dlcli.download, "any_reachable", probe)
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = b"stand-in for a state dict" * 1000
+    name = f"alexnet-owt-{hashlib.sha256(payload).hexdigest()[:8]}.pth"  # torch.hub's name: its hash prefix
+    (served / name).write_bytes(payload)
+    (served / "alexnet-owt-00000000.pth").write_bytes(payload)  # a file that is not what its name promises
+    with http_server(served, monkeypatch) as base:
+        monkeypatch.setattr(dlcli.data_status, "weights_url", lambda n: f"{base}/alexnet-owt-00000000.pth")
+        bad = cli("data", "alexnet-imagenet", "--download")
+        assert bad.code == 1 and "the download failed: invalid hash value" in bad.err
+        assert not empty_hub.exists() or not any(empty_hub.iterdir())  # nothing half-written left behind
+        monkeypatch.setattr(dlcli.data_status, "weights_url", lambda n: f"{base}/{name}")
+        res = cli("data", "alexnet-imagenet", "--download", "--json")
+    row = _rows(res)["alexnet-imagenet"]
+    assert res.json()["fetched"] == ["alexnet-imagenet"] and row["state"] == "found"
+    assert (empty_hub / name).read_bytes() == payload and [p.name for p in empty_hub.iterdir()] == [name]
+    (empty_hub / name).write_bytes(payload[:-5])  # a cut download
+    row = _rows(cli("data", "alexnet-imagenet", "--json"))["alexnet-imagenet"]
+    assert row["state"] == "damaged" and "SHA-256 does not start with" in row["detail"]

@@ -22,7 +22,7 @@ PKG = REPO / "dlcli"
 #: modules that must never import (at module level) anything from the higher layers
 LOWER = ("dlcli.errors", "dlcli.config", "dlcli.registry", "dlcli.checkpoint", "dlcli.runtime", "dlcli.data",
          "dlcli.data_core", "dlcli.data_images", "dlcli.data_cifar", "dlcli.download", "dlcli.batches", "dlcli.plots",
-         "dlcli.envs", "dlcli.classifier")
+         "dlcli.envs", "dlcli.classifier", "dlcli.timing", "dlcli.data_status")
 HIGHER = ("dlcli.tasks", "dlcli.report", "dlcli.cli", "dlcli.train", "dlcli.attacks", "dlcli.bench")
 
 

@@ -51,13 +51,16 @@ def load_cached_weights(model: nn.Module, weights: object, name: str) -> nn.Modu
     torchvision caches downloads as ``<torch.hub.get_dir()>/checkpoints/<file name of the URL>``; this reads
     exactly that file, with ``weights_only=True``, and fails with one line naming the path when it is absent.
     """
+    from dlcli.download import hub_checkpoint
+
     url: str = weights.url  # type: ignore[attr-defined]
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    path = str(hub_checkpoint(url))
     if not os.path.isfile(path):
         raise DlcliError(
-            f"{name}: pretrained weights are not in the torch hub cache ({path}); dlcli never downloads them: "
+            f"{name}: pretrained weights are not in the torch hub cache ({path}); training never downloads them: "
             f"place {os.path.basename(url)} (from {url}) in the folder {os.path.dirname(path)}/ "
-            "(TORCH_HOME moves it), or drop pretrained"
+            f"(TORCH_HOME moves it), or fetch it with `dlcli data {name}-imagenet --download` where there is "
+            "internet, or drop pretrained"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,7 +83,9 @@ def alexnet(*, num_classes: int = 1000, in_channels: int = 3, pretrained: bool =
     Needs inputs of at least about 63x63 pixels (three stride-2 max pools after a stride-4 convolution);
     CIFAR-sized images must be resized up.
     """
-    from torchvision.models import AlexNet_Weights  # imported here: torchvision takes seconds to import
+    from torchvision.models import (
+        AlexNet_Weights,  # imported here: torchvision takes seconds to import
+    )
     from torchvision.models import alexnet as tv_alexnet
 
     check_head_args("alexnet", num_classes, in_channels, pretrained)
