@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +39,13 @@ from dlcli.paths import first_missing, prune_empty
 from dlcli.plots import pyplot
 from dlcli.registry import TASKS
 from dlcli.runtime import Runtime, seed_everything
-from dlcli.tasks.base import Task, TaskContext, count_parameters, rng_state, set_rng_state
+from dlcli.tasks.base import (
+    Task,
+    TaskContext,
+    count_parameters,
+    rng_state,
+    set_rng_state,
+)
 from dlcli.timing import steady_epoch_s
 
 
@@ -255,6 +262,22 @@ def _epoch_times(ends: list[tuple[int, float]]) -> dict[str, float | None]:
             "epoch_time_s": round(steady, 3) if steady is not None else None}
 
 
+def _graph_steps(steps: Iterator[dict[str, Any]], rt: Runtime) -> Iterator[dict[str, Any]]:
+    """The task's steps, each begun as a new CUDA-graph iteration (``Runtime.mark_step``, a no-op unless the
+    model runs compiled with CUDA graphs): a step may then reuse the memory of the last one's graph outputs,
+    which every task has consumed by the time it yields. Marked here, every kind of task is safe under
+    ``compile: reduce-overhead``, not only those that mark their steps themselves (a GAN marks again inside its
+    step, between its two networks)."""
+    it = iter(steps)
+    while True:
+        rt.mark_step()
+        try:
+            metrics = next(it)
+        except StopIteration:
+            return
+        yield metrics
+
+
 class Trainer:
     """One training run: the epoch loop around a task, the run folder, checkpoints, Ctrl-C and the processes.
 
@@ -339,7 +362,7 @@ class Trainer:
         with _StopFlag() as stop:
             try:
                 while epoch < recipe.epochs:
-                    for metrics in task.train_steps(epoch, step):
+                    for metrics in _graph_steps(task.train_steps(epoch, step), rt):
                         step += 1
                         self.cb.on_step(epoch, step, metrics, task.samples_per_step())
                         if fault == (epoch, step):

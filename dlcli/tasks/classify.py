@@ -141,8 +141,7 @@ class ClassifyTask(Task):
         batches = (self._loader_batches(epoch, start_step) if self.data.train_dataset is not None
                    else self.batches.epoch(epoch, start_step))
         for xb, yb, n_global in batches:
-            x = rt.to_input(xb)
-            rt.mark_step()  # compiled with CUDA graphs: a new iteration (the last one's outputs are spent)
+            x = rt.to_input(xb)  # (the trainer marks each step as a new CUDA-graph iteration before it runs)
             with rt.autocast():
                 logits = self.model(x)
                 # summed here, divided by the global batch: N processes (DDP averages over them) step exactly
