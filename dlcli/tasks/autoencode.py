@@ -93,6 +93,10 @@ class AutoencodeTask(Task):
         if self.data.kind != "images" or self.data.train is None:
             raise ValueError(f"the autoencode task needs images, got data source {self.recipe.data.source}")
         self.input_shape = list(self.data.input_shape)
+        if rt.compile:  # said, not silently ignored: the header would claim a compiled run
+            rt.notes.append("compile: off for the autoencoder: its steps call the model's encode and decode (the "
+                            "sparsity penalty needs the code h), which torch.compile's wrapper of forward never runs")
+            rt.compile = False
         self.model, self.raw = rt.prepare(build_autoencoder(self.recipe, self.input_shape))
         dev = rt.device
         self.batches = ImageBatches(self.data.train.x.to(dev), self.data.train.y.to(dev), self.recipe.batch_size,
