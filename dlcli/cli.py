@@ -361,7 +361,8 @@ def eval_cmd(
         from dlcli.report.train import print_eval
 
         print_eval(f"{r.name} ({ckpt['path']}), {split}", {"metrics": res.metrics, "tables": res.tables,
-                                                          "figures": res.figures})
+                                                          "figures": res.figures,
+                                                          "notes": res.details.get("data_notes", [])})
 
 
 # the eval options that only some kinds of run read: option -> (its flag, the tasks reading it, those in words)

@@ -33,7 +33,11 @@ def latest_run(recipe_name: str = "lenet", runs_root: str | Path = "runs") -> Pa
 
 def load_split(recipe: Recipe, split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float [0, 1] (N, C, H, W) on the CPU and int64 labels, for ``split`` in val | test."""
-    data = load_bundle(recipe, data_dir)
+    return split_of(load_bundle(recipe, data_dir), recipe, split)
+
+
+def split_of(data: DataBundle, recipe: Recipe, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``load_split`` on a bundle already loaded (whose ``extra["notes"]`` say which files it was read from)."""
     s = {"val": data.val, "test": data.test, "train": data.train}.get(split)
     if s is None:
         raise DlcliError(f"recipe {recipe.name} has no {split!r} split (val_size 0?)")

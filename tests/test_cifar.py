@@ -241,6 +241,7 @@ def test_eval_and_deepfool_work_on_a_cifar_run(cli, mini_cifar, tmp_path):
     assert ev.code == 0, ev.err
     metrics = ev.json()["metrics"]
     assert metrics["samples"] == 40 and "top5_accuracy" in metrics
+    assert any("read from JPEG files, not the original pixels" in n for n in ev.json()["data_notes"])
     tta = cli("eval", str(run), "--data-dir", str(mini_cifar), "--tta", "flip", "--json")
     assert tta.code == 0, tta.err
     got = tta.json()["metrics"]

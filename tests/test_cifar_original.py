@@ -237,6 +237,9 @@ def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
     assert header["train_samples"] == 5 * PER_BATCH - 4
     assert any(n.startswith(f"CIFAR-10 downloaded into {root / dc.ORIGINAL_FOLDER}") for n in header["notes"])
     assert (root / dc.TARBALL).is_file() and (root / dc.ORIGINAL_FOLDER / "batches.meta").is_file()
+    ev = cli("eval", str(tmp_path / "run"), "--data-dir", str(root))  # the table, and which files it scored
+    assert ev.code == 0, ev.err
+    assert f"note: CIFAR-10 read from the original batches in {root / dc.ORIGINAL_FOLDER}" in ev.err
 
 
 def test_bench_real_input_reads_the_original_batches(tmp_path, monkeypatch):

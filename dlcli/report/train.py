@@ -131,6 +131,8 @@ def print_eval(title: str, result: dict[str, Any]) -> None:
         report.out.print(report.table(name, columns, rows))
     for fig in result.get("figures", []):
         report.out.print(f"figure: {fig}", markup=False, highlight=False)
+    for note in result.get("notes", []):  # what the data was read from, as the run header says it for training
+        report.err.print(f"note: {note}", markup=False, highlight=False)
 
 
 def print_recipes(rows: list[dict[str, Any]]) -> None:

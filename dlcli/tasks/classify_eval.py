@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from dlcli.classifier import accuracy_and_loss, load_classifier, predict
 from dlcli.errors import UsageError
 from dlcli.plots import pyplot
-from dlcli.runs import load_split
+from dlcli.runs import load_bundle, split_of
 from dlcli.tasks.base import EvalResult, TaskContext
 
 TOP_K = 5  # reported when the data has at least TOP_K_MIN_CLASSES classes
@@ -114,7 +114,8 @@ def evaluate_classifier(checkpoint: dict[str, Any], ctx: TaskContext, split: str
         raise UsageError(f"--tta flip: {clf.recipe.name} was not trained with mirrored images (task_args.flip is "
                          "off), so a mirror image is not its kind of input (a mirrored digit is not a digit); "
                          "evaluate it without --tta")
-    x, y = load_split(clf.recipe, split, ctx.data_dir)  # float [0, 1] (N, C, H, W), int64 (N,), on the CPU
+    data = load_bundle(clf.recipe, ctx.data_dir)
+    x, y = split_of(data, clf.recipe, split)  # float [0, 1] (N, C, H, W), int64 (N,), on the CPU
     if tta == "flip":
         plain, logits = flip_tta_logits(clf.model, x, runtime, clf.recipe.eval_batch_size)
     else:
@@ -150,6 +151,7 @@ def evaluate_classifier(checkpoint: dict[str, Any], ctx: TaskContext, split: str
         figures.append(str(mistakes_figure(x, mistakes, names, out_dir / "misclassified.png", title)))
 
     details = {
+        "data_notes": list(data.extra.get("notes", [])),  # which files were read (CIFAR-10: which copy)
         "class_names": names,
         "confusion_matrix": cm.tolist(),
         "per_class_accuracy": {names[c]: float(per_class[c]) for c in range(k)},
