@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dlcli.checkpoint import load_checkpoint
 
 SMALL = ["--set", "data.args.train_size=600", "--set", "data.args.val_size=300", "--epochs", "2",
@@ -77,3 +79,50 @@ def test_batch_not_divisible_by_processes_is_one_line(cli, tmp_path, data_dir, m
     lines = res.err.strip().splitlines()
     assert len(lines) == 1 and "batch_size 101 is not divisible by the 2 processes" in lines[0], res.err
     assert not (tmp_path / "runs").exists()
+
+
+class _Rank:
+    """A stand-in Runtime of one rank that records the barriers it reaches."""
+
+    def __init__(self, rank: int, world_size: int, events: list[str]) -> None:
+        self.rank, self.world_size, self.events = rank, world_size, events
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        self.events.append("barrier")
+
+
+@pytest.mark.parametrize("rank,world,fails,expected", [
+    (0, 1, False, ["load"]),                # one process: nothing to wait for
+    (0, 2, False, ["load", "barrier"]),     # rank 0 fetches whatever is missing, then lets the others go
+    (1, 2, False, ["barrier", "load"]),     # the others read what rank 0 fetched (no two downloads at once)
+    (0, 2, True, ["load", "barrier"]),      # rank 0 fails: it still releases the others (no hang), then raises
+])
+def test_rank_zero_loads_the_data_first(monkeypatch, rank, world, fails, expected):
+    import dlcli.tasks.base as base
+    from dlcli.config import load_recipe
+    from dlcli.errors import DlcliError
+
+    events: list[str] = []
+
+    def load(*args, **kwargs):
+        events.append("load")
+        if fails:
+            raise DlcliError("MNIST not found under ... and no network")
+        return "bundle"
+
+    monkeypatch.setattr(base, "load_data", load)
+    task = base.Task(base.TaskContext(load_recipe("lenet", check_builders=False), _Rank(rank, world, events)))
+    if fails:
+        with pytest.raises(DlcliError, match="no network"):
+            task.load_data()
+    else:
+        assert task.load_data() == "bundle"
+    assert events == expected

@@ -87,12 +87,21 @@ class Task:
 
     # --- set-up helpers shared by tasks ---------------------------------------------------------------
     def load_data(self) -> DataBundle:
+        """The recipe's data. Under torchrun rank 0 loads first and the others wait for it: a missing data set
+        is downloaded (and CIFAR-10's image folders decoded into the cache) once, not by every process into the
+        same files at once. Rank 0 reaches the barrier even when loading fails, so no rank waits forever."""
         if self.recipe.data is None:
             raise ConfigError(f"recipe {self.recipe.name}: the {self.recipe.task} task needs a data: section")
+        rt = self.runtime
+        if rt.distributed and not rt.is_primary:
+            rt.barrier()  # rank 0 has fetched whatever was missing (or failed, and so will this rank)
         try:
             return load_data(self.recipe.data.source, self.recipe.data.args, self.ctx.data_dir, self.recipe.seed)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"data.args: {e}") from None
+        finally:
+            if rt.distributed and rt.is_primary:
+                rt.barrier()
 
     def build_model(self, **defaults: Any) -> nn.Module:
         """The recipe's model; ``defaults`` (e.g. num_classes from the data) yield to explicit recipe args."""
