@@ -45,3 +45,16 @@ def test_the_classifier_marks_each_step_and_each_evaluation_batch(cli, tmp_path,
     # the trainer's marks, one per step and one at the epoch's end; then one per evaluation batch (each is a
     # replay of its own): validation after the epoch (100 / 50), and the final validation and test (10,000 / 50)
     assert len(marks) == (steps + 1) + 2 + (2 + 200)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_regression_trains_with_cuda_graphs_on_a_gpu(cli, tmp_path):
+    """A task that never marked its own steps (regress) under ``compile: reduce-overhead`` on a GPU: the trainer's
+    marks let each full-batch step replay its graph, and the fit is as good as in eager mode."""
+    res = cli("train", "approx", "--device", "cuda", "--set", "compile=reduce-overhead", "--set",
+              "task_args.steps_per_epoch=100", "--set", "epochs=3", "--out", str(tmp_path / "run"), "--json")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert out["header"]["compile"] == "reduce-overhead"
+    assert out["final"]["max_abs_error"] < 0.5  # 300 Adam steps: a rough fit, and a finite one
