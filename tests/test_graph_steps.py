@@ -53,8 +53,8 @@ def test_a_regression_trains_with_cuda_graphs_on_a_gpu(cli, tmp_path):
     """A task that never marked its own steps (regress) under ``compile: reduce-overhead`` on a GPU: the trainer's
     marks let each full-batch step replay its graph, and the fit is as good as in eager mode."""
     res = cli("train", "approx", "--device", "cuda", "--set", "compile=reduce-overhead", "--set",
-              "task_args.steps_per_epoch=100", "--set", "epochs=3", "--out", str(tmp_path / "run"), "--json")
+              "task_args.steps_per_epoch=200", "--set", "epochs=3", "--out", str(tmp_path / "run"), "--json")
     assert res.code == 0, res.err
     out = res.json()
     assert out["header"]["compile"] == "reduce-overhead"
-    assert out["final"]["max_abs_error"] < 0.5  # 300 Adam steps: a rough fit, and a finite one
+    assert out["final"]["max_abs_error"] < 0.3  # 600 Adam steps: 0.06 to 0.12 in eager mode on the CPU (seeds 1, 2)
