@@ -17,7 +17,8 @@ EPILOG = """Examples:
   found or not, where, and which recipes use them)
 * `dlcli data --download` on a machine with internet (a cluster's login node) fetches what is missing; then
   `DLCLI_DATA=THAT_FOLDER dlcli train lenet` on the nodes without it
-* `dlcli data cifar10 --download --data-dir /shared/datasets` (CIFAR-10: the original python batches, 163 MB)
+* `dlcli data cifar10 --download --data-dir /shared/datasets` (CIFAR-10's original python batches, 163 MB, even
+  where image folders of it are there)
 * `dlcli data --json | jq -r '.data_sets[] | select(.state != "found") | .name'`
 """
 
@@ -36,30 +37,35 @@ def data(
     """Show where each real data set is looked for (--data-dir, else $DLCLI_DATA, else ~/.cache/dlcli), and the
     ImageNet weights in the torch hub cache, and what is there; with --download, fetch what is not found first."""
     from dlcli import report
-    from dlcli.data_status import check_names, fetch, inspect
+    from dlcli.data_status import check_names, fetch, inspect, needs_fetch
+    from dlcli.errors import DlcliError
 
     wanted = check_names(list(names or []))
-    downloaded = []
+    fetched, failed = [], []
     if download:
-        before = {row["name"]: row["state"] for row in inspect(wanted, data_dir)["data_sets"]}
-        for name in wanted:
-            if before[name] != "found":
-                report.err.print(f"fetching {name} ...", markup=False, highlight=False)
-                fetch(name, data_dir)
-                downloaded.append(name)
+        for row in inspect(wanted, data_dir)["data_sets"]:
+            if needs_fetch(row, named=bool(names)):
+                report.err.print(f"fetching {row['name']} ...", markup=False, highlight=False)
+                try:
+                    fetch(row["name"], data_dir)
+                    fetched.append(row["name"])
+                except DlcliError as e:  # the others are still tried; the table then shows what is there
+                    failed.append(str(e))
     result = inspect(wanted, data_dir)
-    result["fetched"] = downloaded
+    result["fetched"], result["failed"] = fetched, failed
     if json:
         report.print_json(result)
-        return
-    rows = [[r["name"], r["state"], r["detail"], ", ".join(r["recipes"]) or "-"] for r in result["data_sets"]]
-    report.out.print(report.table(f"data under {result['data_root']} (from {result['from']}); weights in the "
-                                  "torch hub cache",
-                                  ["data set", "state", "what is there", "used by"], rows))
-    if any(r["state"] != "found" for r in result["data_sets"]) and not download:
-        report.out.print("fetch what is missing with `dlcli data --download` (needs internet), or put the files "
-                         "where the table says and point --data-dir or DLCLI_DATA at their folder",
-                         markup=False, highlight=False)
+    else:
+        rows = [[r["name"], r["state"], r["detail"], ", ".join(r["recipes"]) or "-"] for r in result["data_sets"]]
+        report.out.print(report.table(f"data under {result['data_root']} (from {result['from']}); weights in the "
+                                      "torch hub cache", ["data set", "state", "what is there", "used by"], rows))
+        if any(r["state"] != "found" for r in result["data_sets"]) and not download:
+            report.out.print("fetch what is missing with `dlcli data --download` (needs internet), or put the files "
+                             "where the table says (data: point --data-dir or DLCLI_DATA at their folder; weights: "
+                             "TORCH_HOME moves the torch hub cache)", markup=False, highlight=False)
+    if failed:
+        more = f" (and {len(failed) - 1} more: see --json)" if len(failed) > 1 else ""
+        raise DlcliError(failed[0] + more)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,8 @@ Layering: imports ``dlcli.data_core``, ``dlcli.data_images`` (scanning, decoding
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import os
 import pickle
 import time
@@ -39,7 +41,7 @@ from dlcli.data_images import (
     decode_images,
     scan_image_folder,
 )
-from dlcli.download import torchvision_dataset
+from dlcli.download import guarded
 from dlcli.errors import DlcliError, UsageError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, of the training pixels in [0, 1]
@@ -65,28 +67,84 @@ FILES = ("auto", "original", "images")
 # ------------------------------------------------------------------------------- the original batches
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles what a CIFAR-10 batch holds (a dict of a numpy uint8 array, lists, strings) and nothing else:
-    any other global a pickle names (a function it would call) is refused."""
+class OriginalProblem(DlcliError):
+    """A file of the original batches is missing (``kind`` "incomplete") or not the published one ("damaged")."""
 
-    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                         ("numpy", "ndarray"), ("numpy", "dtype"),
-                         ("_codecs", "encode")})  # the last: how Python 3 writes bytes at protocol 2
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Array:
+    """A numpy array as a batch's pickle describes it (numpy's ``_reconstruct``, then its state), kept as plain
+    data: nothing of the pickle ever reaches numpy, and ``pixels`` accepts a uint8 C-order array only."""
+
+    def __init__(self, subtype: object, shape: object, code: object) -> None:
+        if subtype is not _Array:  # numpy.ndarray's stand-in (see _PICKLE_GLOBALS)
+            raise pickle.UnpicklingError("an array that is not a plain numpy array")
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def pixels(self) -> torch.Tensor | None:
+        """The array as a uint8 tensor of its shape, or None when it is anything else."""
+        state = self.state
+        if not (isinstance(state, tuple) and len(state) == 5):
+            return None
+        _, shape, dtype, fortran, raw = state
+        if isinstance(raw, str):  # Python 2's str, decoded as latin-1 by the unpickler
+            raw = raw.encode("latin1")
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and fortran is False
+                and isinstance(dtype, _Dtype) and dtype.spec == "u1" and isinstance(raw, bytes)
+                and len(raw) == math.prod(shape)):
+            return None
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(shape) if raw else torch.zeros(shape,
+                                                                                                      dtype=torch.uint8)
+
+
+class _Dtype:
+    """numpy.dtype as pickled: its type code ("u1" for uint8) and state, kept as plain data."""
+
+    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        self.spec = spec
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _latin1(text: object, encoding: object = "latin1") -> bytes:
+    """How Python 3 writes bytes at pickle protocol 2: codecs.encode(str, "latin1"), nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+#: the globals a batch's pickle names -> their inert stand-ins
+_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _Array,  # the 2009 files' name for it
+    ("numpy._core.multiarray", "_reconstruct"): _Array,  # numpy >= 2's
+    ("numpy", "ndarray"): _Array, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (a dict of one uint8 array, lists, strings, numbers) and nothing
+    else. The few globals such a pickle names are answered with inert stand-ins (``_Array``, ``_Dtype``, a
+    latin-1 ``codecs.encode``) that only record what the pickle says; any other global (a function it would
+    call) is refused. numpy never sees the pickle's contents, so no pickle can build an object array from its
+    own bytes or reshape numpy's own types."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
+        found = _PICKLE_GLOBALS.get((module, name))
+        if found is None:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never does")
-        if module == "numpy.core.multiarray":  # the 2009 files' name for it; numpy >= 2 calls it numpy._core
-            import numpy
-
-            module = "numpy._core.multiarray" if hasattr(numpy, "_core") else module
-        return super().find_class(module, name)
+        return found
 
 
-def _read_batch(path: Path) -> dict[str, Any]:
+def _parse_batch(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            entry = _ArraysOnly(f, encoding="latin1").load()  # the files were pickled by Python 2
+        entry = _ArraysOnly(io.BytesIO(raw), encoding="latin1").load()  # the files were pickled by Python 2
     except Exception as e:
         raise DlcliError(f"{path} cannot be read as a CIFAR-10 batch ({e}): replace it with the original file") from e
     if not isinstance(entry, dict):
@@ -94,43 +152,55 @@ def _read_batch(path: Path) -> dict[str, Any]:
     return entry
 
 
+def _checked_bytes(folder: Path, name: str) -> bytes:
+    """The bytes of ``folder/name``, read once, if they have the published MD5; else ``OriginalProblem``."""
+    path = folder / name
+    redo = (f"put the original file back, or delete {folder} to download it again (or to extract it again from "
+            f"{TARBALL} beside it)")
+    if not path.is_file():
+        raise OriginalProblem("incomplete", f"{path} is missing (the original CIFAR-10 has {', '.join(ORIGINAL_MD5)} "
+                                            f"in {ORIGINAL_FOLDER}/): {redo}")
+    raw = path.read_bytes()
+    if hashlib.md5(raw).hexdigest() != ORIGINAL_MD5[name]:
+        raise OriginalProblem("damaged", f"{path} is not the original CIFAR-10 file (its MD5 is not the published "
+                                         f"{ORIGINAL_MD5[name]}): {redo}")
+    return raw
+
+
 def original_problem(folder: Path) -> tuple[str, str] | None:
     """None when every file of the original is in ``folder`` with its published MD5 (``ORIGINAL_MD5``), else
     ("incomplete" | "damaged", one line naming the file and what to do)."""
-    for name, md5 in ORIGINAL_MD5.items():
-        path = folder / name
-        if not path.is_file():
-            return "incomplete", (f"{path} is missing (the original CIFAR-10 has {', '.join(ORIGINAL_MD5)} in "
-                                  f"{ORIGINAL_FOLDER}/): put it back, or delete {folder} to download it again")
-        if hashlib.md5(path.read_bytes()).hexdigest() != md5:
-            return "damaged", (f"{path} is not the original CIFAR-10 file (its MD5 is not the published {md5}): "
-                               f"replace it, or delete {folder} to download it again")
+    try:
+        for name in ORIGINAL_MD5:
+            _checked_bytes(folder, name)
+    except OriginalProblem as e:
+        return e.kind, str(e)
     return None
 
 
 def read_original(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """The original batches of ``folder``: train images (50000, 3, 32, 32) uint8, train labels (50000,) int64,
-    test images and labels (10,000), and the 10 class names, in the files' order. Each file must have its
-    published MD5 (``original_problem``)."""
-    import numpy
-
-    problem = original_problem(folder)
-    if problem is not None:
-        raise DlcliError(problem[1])
-    meta = _read_batch(folder / "batches.meta")
+    test images and labels (10,000), and the 10 class names, in the files' order. Each file is read once and
+    must have its published MD5 (else ``OriginalProblem``)."""
+    missing = [name for name in ORIGINAL_MD5 if not (folder / name).is_file()]
+    if missing:  # before reading 180 MB
+        _checked_bytes(folder, missing[0])
+    meta = _parse_batch(folder / "batches.meta", _checked_bytes(folder, "batches.meta"))
     classes = [str(c) for c in meta.get("label_names", [])]
     splits: list[torch.Tensor] = []
     for names in (TRAIN_BATCHES, ("test_batch",)):
         xs, ys = [], []
         for name in names:
-            entry = _read_batch(folder / name)
+            entry = _parse_batch(folder / name, _checked_bytes(folder, name))
             data, labels = entry.get("data"), entry.get("labels")
-            if not (isinstance(data, numpy.ndarray) and data.dtype == numpy.uint8 and data.ndim == 2
-                    and data.shape[1] == 3 * 32 * 32 and isinstance(labels, list) and len(labels) == len(data)):
+            pixels = data.pixels() if isinstance(data, _Array) else None  # (N, 3072) uint8
+            if not (pixels is not None and pixels.dim() == 2 and pixels.shape[1] == 3 * 32 * 32
+                    and isinstance(labels, list) and len(labels) == len(pixels)
+                    and all(type(v) is int for v in labels)):
                 raise DlcliError(f"{folder / name} does not hold 32x32 colour images with one label each: replace "
                                  "it with the original file")
             # each row: the 1024 red values of a 32x32 image row by row, then the green, then the blue
-            xs.append(torch.from_numpy(data.copy()).view(-1, 3, 32, 32))
+            xs.append(pixels.view(-1, 3, 32, 32))
             ys.append(torch.tensor(labels, dtype=torch.int64))
         splits += [torch.cat(xs), torch.cat(ys)]
     x, y, xt, yt = splits
@@ -138,6 +208,79 @@ def read_original(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         raise DlcliError(f"{folder}: the labels do not match the {len(classes)} class names of batches.meta; "
                          "replace the files with the original ones")
     return x, y, xt, yt, classes
+
+
+# ------------------------------------------------------------------ which copy, and fetching the original
+
+
+def has_original(root: Path) -> bool:
+    """``root/cifar-10-batches-py`` holds at least one file of the original (an empty folder does not count)."""
+    return any((root / ORIGINAL_FOLDER / name).is_file() for name in ORIGINAL_MD5)
+
+
+def choose_copy(root: Path, files: str = "auto", folder: str = "cifar10-jpg") -> str:
+    """What ``files`` reads under ``root``: "original" (the batches' folder), "images" (the image folders),
+    "tarball" (the original's tarball, extracted first) or "download" (the tarball, downloaded first)."""
+    if files not in FILES:
+        raise UsageError(f"data.args.files must be one of {', '.join(FILES)}, got {files!r}")
+    if files == "images":
+        return "images"
+    if has_original(root):
+        return "original"
+    if files == "auto" and (root / folder / "train").is_dir() and (root / folder / "test").is_dir():
+        return "images"
+    return "tarball" if (root / TARBALL).is_file() else "download"
+
+
+def tarball_problem(tarball: Path) -> str | None:
+    """None when ``tarball`` has the published MD5, else one line saying what to do."""
+    from torchvision.datasets.utils import check_integrity
+
+    if check_integrity(str(tarball), TARBALL_MD5):
+        return None
+    return (f"{tarball} is not the original CIFAR-10 tarball (its MD5 is not the published {TARBALL_MD5}): delete "
+            f"it to download it again, or download it again from {TARBALL_URL}")
+
+
+def _extract(root: Path) -> str:
+    """Extract the tarball into a temporary folder beside it, then move ``cifar-10-batches-py`` into place
+    (replacing a partial or damaged one): an interrupted extraction never looks like the original."""
+    import shutil
+
+    from torchvision.datasets.utils import extract_archive
+
+    t0, tarball = time.perf_counter(), root / TARBALL
+    problem = tarball_problem(tarball)
+    if problem:
+        raise DlcliError(problem)
+    tmp = root / f".{ORIGINAL_FOLDER}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        extract_archive(str(tarball), str(tmp))
+        shutil.rmtree(root / ORIGINAL_FOLDER, ignore_errors=True)
+        os.replace(tmp / ORIGINAL_FOLDER, root / ORIGINAL_FOLDER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return f"CIFAR-10 extracted from {tarball} in {time.perf_counter() - t0:.1f} s"
+
+
+def _download(root: Path, hint: str) -> str:
+    """Download the tarball (torchvision's downloader, MD5 checked) to a temporary name, rename it, extract it."""
+    from torchvision.datasets.utils import download_url
+
+    t0 = time.perf_counter()
+    part = f".{TARBALL}.{os.getpid()}.part"
+
+    def fetch() -> None:
+        download_url(TARBALL_URL, str(root), part, TARBALL_MD5)
+        os.replace(root / part, root / TARBALL)
+
+    try:
+        guarded([TARBALL_URL], f"CIFAR-10 not found under {root}", hint, fetch)
+    finally:
+        (root / part).unlink(missing_ok=True)
+    note = f"CIFAR-10 downloaded into {root / TARBALL} in {time.perf_counter() - t0:.0f} s"
+    return f"{note}; {_extract(root)}"
 
 
 def _missing_hint(root: Path, folder: str, files: str) -> str:
@@ -149,21 +292,29 @@ def _missing_hint(root: Path, folder: str, files: str) -> str:
             f"DLCLI_DATA at a folder that has one of them")
 
 
-def _fetch_original(root: Path, folder: str, files: str) -> str:
-    """Make ``root/cifar-10-batches-py`` exist: extract the tarball when it is there, else download it through
-    torchvision (which extracts it too). Returns a note saying which."""
+def original_tensors(root: Path, files: str = "original", folder: str = "cifar10-jpg"
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """``read_original`` of ``root/cifar-10-batches-py``, after extracting or downloading it when it is not
+    there, and extracting it again from a valid tarball beside it when it is incomplete or damaged; also
+    returns notes saying what was done."""
+    copy = choose_copy(root, files, folder)
+    notes = []
+    if copy == "tarball":
+        notes.append(_extract(root))
+    elif copy == "download":
+        notes.append(_download(root, _missing_hint(root, folder, files)))
     t0 = time.perf_counter()
-    tarball = root / TARBALL
-    if tarball.is_file():
-        from torchvision.datasets.utils import check_integrity, extract_archive
-
-        if not check_integrity(str(tarball), TARBALL_MD5):
-            raise DlcliError(f"{tarball} is not the original CIFAR-10 tarball (its MD5 is not the published "
-                             f"{TARBALL_MD5}): download it again from {TARBALL_URL}")
-        extract_archive(str(tarball), str(root))
-        return f"CIFAR-10 extracted from {tarball} in {time.perf_counter() - t0:.1f} s"
-    torchvision_dataset("CIFAR10", root, "CIFAR-10", _missing_hint(root, folder, files), train=False)
-    return f"CIFAR-10 downloaded into {root / ORIGINAL_FOLDER} in {time.perf_counter() - t0:.0f} s"
+    try:
+        out = read_original(root / ORIGINAL_FOLDER)
+    except OriginalProblem:
+        if copy != "original" or not (root / TARBALL).is_file():
+            raise
+        notes.append(_extract(root))  # a partial extraction, or a damaged file, beside the tarball
+        t0 = time.perf_counter()
+        out = read_original(root / ORIGINAL_FOLDER)
+    notes.append(f"CIFAR-10 read from the original batches in {root / ORIGINAL_FOLDER} in "
+                 f"{time.perf_counter() - t0:.1f} s")
+    return (*out, notes)
 
 
 # ------------------------------------------------------------------------------------- the data source
@@ -180,17 +331,9 @@ def cifar10(root: Path, seed: int, *, val_size: int = 5000, train_size: int | No
     ``cache`` concern the image folders. A file that cannot be read is an error naming it: a benchmark data set
     with images silently missing would not be CIFAR-10.
     """
-    if files not in FILES:
-        raise UsageError(f"data.args.files must be one of {', '.join(FILES)}, got {files!r}")
-    original = root / ORIGINAL_FOLDER
-    base = root / folder
-    has_images = (base / "train").is_dir() and (base / "test").is_dir()
-    if files == "images" or (files == "auto" and not original.is_dir() and has_images):
-        return _from_images(base, folder, seed, val_size, train_size, test_size, cache)
-    notes = [] if original.is_dir() else [_fetch_original(root, folder, files)]
-    t0 = time.perf_counter()
-    x, y, xt, yt, classes = read_original(original)
-    notes.append(f"CIFAR-10 read from the original batches in {original} in {time.perf_counter() - t0:.1f} s")
+    if choose_copy(root, files, folder) == "images":
+        return _from_images(root / folder, folder, seed, val_size, train_size, test_size, cache)
+    x, y, xt, yt, classes, notes = original_tensors(root, files, folder)
     return _bundle(x, y, xt, yt, classes, seed, val_size, train_size, test_size, notes)
 
 

@@ -18,15 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from dlcli.data import data_root, load_data
-from dlcli.data_cifar import ORIGINAL_FOLDER, TARBALL, original_problem
+from dlcli.data_cifar import (
+    ORIGINAL_FOLDER,
+    TARBALL,
+    choose_copy,
+    original_problem,
+    tarball_problem,
+)
 from dlcli.download import fetch_file, hash_prefix, hub_checkpoint
 from dlcli.errors import UsageError
 
 #: the real data sets a recipe can name, and their folder under the data root
 REAL_DATA = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": ORIGINAL_FOLDER}
-#: torchvision's ImageNet weights that ``model.args.pretrained: true`` reads: name -> (dlcli model, Weights enum)
-WEIGHTS = {"alexnet-imagenet": ("alexnet", "AlexNet_Weights"), "resnet18-imagenet": ("resnet18", "ResNet18_Weights"),
-           "resnet50-imagenet": ("resnet50", "ResNet50_Weights")}
+#: torchvision's ImageNet weights that ``model.args.pretrained: true`` reads: name -> (dlcli model, the file's URL:
+#: ``<Weights enum>.IMAGENET1K_V1.url``, written out because importing torchvision.models takes seconds; tested)
+WEIGHTS = {"alexnet-imagenet": ("alexnet", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+           "resnet18-imagenet": ("resnet18", "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+           "resnet50-imagenet": ("resnet50", "https://download.pytorch.org/models/resnet50-0676ba61.pth")}
 NAMES = (*REAL_DATA, *WEIGHTS)
 #: the IDX files of MNIST and Fashion-MNIST (the same names and sizes for both) -> bytes
 IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60_000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60_000,
@@ -67,30 +75,33 @@ def _count_images(split: Path) -> int:
                if f.name.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _cifar_state(root: Path) -> tuple[str, str]:
-    """The copy ``files: auto`` would read, in its order: the original batches, the image folders, the tarball."""
+def _cifar_state(root: Path) -> tuple[str, str, str]:
+    """State, detail, and the copy a run with ``files: auto`` reads (``data_cifar.choose_copy``)."""
     original, images, tarball = root / ORIGINAL_FOLDER, root / "cifar10-jpg", root / TARBALL
-    has_images = (images / "train").is_dir() and (images / "test").is_dir()
-    if original.is_dir():
+    copy = choose_copy(root)
+    if copy == "original":
         problem = original_problem(original)
         if problem is not None:
-            return problem
-        also = " (image folders cifar10-jpg/ also there, not used)" if has_images else ""
-        return "found", f"{original}: the original batches, each with its published MD5{also}"
-    if has_images:
+            if tarball.is_file() and tarball_problem(tarball) is None:
+                return "found", f"{original}: {problem[0]}; a run extracts {tarball} again first", copy
+            return (*problem, copy)
+        return "found", f"{original}: the original batches, each with its published MD5", copy
+    if copy == "images":
         n_train, n_test = _count_images(images / "train"), _count_images(images / "test")
-        return "found", (f"{images}: image folders, {n_train:,} + {n_test:,} images (not the original pixels: "
-                         "runs say so in their header)")
-    if tarball.is_file():
-        return "found", f"{tarball}: the original's tarball, extracted at first use"
-    return "missing", f"neither {original}/ nor {images}/{{train,test}}/ nor {tarball}"
+        state = "found" if n_train and n_test else "incomplete"
+        return state, (f"{images}: image folders, {n_train:,} + {n_test:,} images (not the original pixels, as "
+                       "runs say; `dlcli data cifar10 --download` fetches the original)"), copy
+    if copy == "tarball":
+        problem = tarball_problem(tarball)
+        if problem:
+            return "damaged", problem, copy
+        return "found", f"{tarball}: the original's tarball, extracted at first use", copy
+    return "missing", f"neither {original}/ nor {images}/{{train,test}}/ nor {tarball}", copy
 
 
 def weights_url(name: str) -> str:
     """The URL of torchvision's IMAGENET1K_V1 weights for ``name`` (what the model builders load)."""
-    import torchvision.models as tvm
-
-    return getattr(tvm, WEIGHTS[name][1]).IMAGENET1K_V1.url
+    return WEIGHTS[name][1]
 
 
 def _weights_state(name: str) -> tuple[str, str]:
@@ -133,12 +144,21 @@ def inspect(names: list[str], data_dir: str | None) -> dict[str, Any]:
     users = recipes_using()
     rows = []
     for name in check_names(names):
+        row: dict[str, Any] = {"name": name}
         if name in WEIGHTS:
-            state, detail = _weights_state(name)
+            row["state"], row["detail"] = _weights_state(name)
+        elif name == "cifar10":
+            row["state"], row["detail"], row["copy"] = _cifar_state(root)
         else:
-            state, detail = _cifar_state(root) if name == "cifar10" else _idx_state(root, REAL_DATA[name])
-        rows.append({"name": name, "state": state, "detail": detail, "recipes": users[name]})
+            row["state"], row["detail"] = _idx_state(root, REAL_DATA[name])
+        rows.append({**row, "recipes": users[name]})
     return {"data_root": str(root), "from": origin, "data_sets": rows}
+
+
+def needs_fetch(row: dict[str, Any], named: bool) -> bool:
+    """Whether ``dlcli data --download`` fetches this row's data: whatever is not found, and CIFAR-10's original
+    when it was named and a run would read another copy (the image folders, or a tarball not yet extracted)."""
+    return row["state"] != "found" or (named and row["name"] == "cifar10" and row.get("copy") != "original")
 
 
 def fetch(name: str, data_dir: str | None) -> None:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dlcli.errors import DlcliError
 
 PROBE_TIMEOUT_S = 5.0  # longest wait for any download server to accept a connection
 DOWNLOAD_TIMEOUT_S = 60.0  # socket timeout while downloading (a stalled transfer fails instead of hanging)
+T = TypeVar("T")
 
 
 def any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -36,7 +37,7 @@ def any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
     from urllib.request import getproxies
 
     hosts = {(u.hostname, u.port or (443 if u.scheme == "https" else 80)) for u in map(urlsplit, urls) if u.hostname}
-    if not hosts or getproxies():
+    if not hosts or any(scheme != "no" for scheme in getproxies()):  # no_proxy alone configures no proxy
         return True
     ok = threading.Event()
 
@@ -74,12 +75,24 @@ def download_urls(cls: Any) -> list[str]:
     return mirrors or ([cls.url] if isinstance(getattr(cls, "url", None), str) else [])
 
 
-def torchvision_dataset(cls_name: str, root: Path, what: str, hint: str, **kwargs: Any) -> Any:
-    """``torchvision.datasets.<cls_name>(root, **kwargs)``, downloaded into ``root`` when missing.
+def guarded(urls: list[str], failure: str, hint: str, action: Callable[[], T]) -> T:
+    """Run the download ``action`` when a server of ``urls`` answers, with a socket timeout and torchvision's
+    and torch.hub's progress output kept off stdout; otherwise, or when it fails, one ``DlcliError`` line:
+    "<failure> and <reason>; <hint>" (``failure`` says what is not there, ``hint`` which files to put where)."""
+    reason = None if any_reachable(urls) else "no network: none of its download servers answered"
+    if reason is None:
+        try:
+            with contextlib.redirect_stdout(sys.stderr), socket_timeout(DOWNLOAD_TIMEOUT_S):
+                return action()
+        except Exception as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            reason = f"the download failed: {first[:120]}"
+    raise DlcliError(f"{failure} and {reason}; {hint}")
 
-    When the files are not there and no server answers, or the download fails, one ``DlcliError`` line:
-    "<what> not found under <root> and <reason>; <hint>" (the hint says which files to put where).
-    """
+
+def torchvision_dataset(cls_name: str, root: Path, what: str, hint: str, **kwargs: Any) -> Any:
+    """``torchvision.datasets.<cls_name>(root, **kwargs)``, downloaded into ``root`` when missing (one line
+    "<what> not found under <root> and <reason>; <hint>" when that cannot be done)."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
@@ -87,16 +100,8 @@ def torchvision_dataset(cls_name: str, root: Path, what: str, hint: str, **kwarg
         return cls(root=str(root), download=False, **kwargs)
     except RuntimeError:
         pass  # not there yet (or damaged): try the real download below
-    reason = None if any_reachable(download_urls(cls)) else "no network: none of its download servers answered"
-    if reason is None:
-        try:
-            # torchvision prints download progress on stdout; keep stdout clean for --json.
-            with contextlib.redirect_stdout(sys.stderr), socket_timeout(DOWNLOAD_TIMEOUT_S):
-                return cls(root=str(root), download=True, **kwargs)
-        except Exception as e:
-            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            reason = f"the download failed: {first[:120]}"
-    raise DlcliError(f"{what} not found under {root} and {reason}; {hint}")
+    return guarded(download_urls(cls), f"{what} not found under {root}", hint,
+                   lambda: cls(root=str(root), download=True, **kwargs))
 
 
 def hub_checkpoint(url: str) -> Path:
@@ -120,18 +125,13 @@ def hash_prefix(path: Path) -> str | None:
 
 
 def fetch_file(url: str, dest: Path, what: str, hint: str) -> None:
-    """Download ``url`` to ``dest`` (a temporary file renamed when complete; its SHA-256 checked against the
-    prefix in its name, as torch.hub does), or raise one line: "<what> not found at <dest> and <reason>; <hint>"."""
+    """Download ``url`` to ``dest`` as torch.hub does (a temporary file renamed when complete, its SHA-256
+    checked against the prefix in its name), replacing a damaged file there; offline or failing, one line."""
     import torch.hub
 
-    reason = None if any_reachable([url]) else "no network: its server did not answer"
-    if reason is None:
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.redirect_stdout(sys.stderr), socket_timeout(DOWNLOAD_TIMEOUT_S):
-                torch.hub.download_url_to_file(url, str(dest), hash_prefix(dest), progress=True)
-            return
-        except Exception as e:
-            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            reason = f"the download failed: {first[:120]}"
-    raise DlcliError(f"{what} not found at {dest} and {reason}; {hint}")
+    def download() -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix(dest), progress=True)
+
+    state = "is damaged" if dest.exists() else "not found"
+    guarded([url], f"{what} {state} at {dest}", hint, download)

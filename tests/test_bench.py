@@ -396,7 +396,8 @@ def test_a_model_without_input_shape_needs_input_size(temp_model):
         (BenchSpec("mlp", device="cpu", data="real"), "no real data set for input shape 2"),
         (BenchSpec("lenet5", device="cpu", data="real", data_dir="/nonexistent"), "MNIST not found under /nonexistent"),
         (BenchSpec("alexnet", device="cpu", data="real", data_dir="/nonexistent"),
-         "CIFAR-10 not found: expected the original batches /nonexistent/cifar-10-batches-py/ or the image folder /nonexistent/cifar10-jpg/train"),
+         "CIFAR-10 not found: expected the original batches /nonexistent/cifar-10-batches-py/ \\(or "
+         "/nonexistent/cifar-10-python.tar.gz\\) or the image folder /nonexistent/cifar10-jpg/train"),
     ],
 )
 def test_bad_requests_are_one_clear_error(spec, message, monkeypatch):

@@ -162,16 +162,7 @@ def _tarball(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     tar = served / dc.TARBALL
     with tarfile.open(tar, "w:gz") as t:
         t.add(src / dc.ORIGINAL_FOLDER, arcname=dc.ORIGINAL_FOLDER)
-    md5 = hashlib.md5(tar.read_bytes()).hexdigest()
-    monkeypatch.setattr(dc, "TARBALL_MD5", md5)
-    from torchvision.datasets import (
-        CIFAR10,  # torchvision checks the tarball and every file it holds
-    )
-
-    monkeypatch.setattr(CIFAR10, "tgz_md5", md5)
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, dc.ORIGINAL_MD5[n]] for n in dc.TRAIN_BATCHES])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", dc.ORIGINAL_MD5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": dc.ORIGINAL_MD5["batches.meta"]})
+    monkeypatch.setattr(dc, "TARBALL_MD5", hashlib.md5(tar.read_bytes()).hexdigest())
     return tar
 
 
@@ -216,11 +207,9 @@ def http_server(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serving(tar: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """torchvision's CIFAR10 downloads ``tar`` from a local HTTP server while in the block."""
-    from torchvision.datasets import CIFAR10
-
+    """dlcli downloads ``tar`` as CIFAR-10's tarball from a local HTTP server while in the block."""
     with http_server(tar.parent, monkeypatch) as base:
-        monkeypatch.setattr(CIFAR10, "url", f"{base}/{tar.name}")
+        monkeypatch.setattr(dc, "TARBALL_URL", f"{base}/{tar.name}")
         yield
 
 
@@ -235,7 +224,8 @@ def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
     assert res.code == 0, res.err
     header = res.json()["header"]  # stdout held the JSON document and nothing else
     assert header["train_samples"] == 5 * PER_BATCH - 4
-    assert any(n.startswith(f"CIFAR-10 downloaded into {root / dc.ORIGINAL_FOLDER}") for n in header["notes"])
+    assert any(n.startswith(f"CIFAR-10 downloaded into {root / dc.TARBALL}") and "extracted" in n for n in header["notes"])
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no temporary file or folder left
     assert (root / dc.TARBALL).is_file() and (root / dc.ORIGINAL_FOLDER / "batches.meta").is_file()
     ev = cli("eval", str(tmp_path / "run"), "--data-dir", str(root))  # the table, and which files it scored
     assert ev.code == 0, ev.err
@@ -253,3 +243,67 @@ def test_bench_real_input_reads_the_original_batches(tmp_path, monkeypatch):
     assert torch.equal(img, x[6]) and label == int(y[6])
     big, _ = RealData.open((3, 48, 40), str(tmp_path), seed=0).dataset[0]
     assert big.shape == (3, 48, 40) and big.dtype == torch.uint8
+
+
+class _Call:
+    """Pickles as ``f(*args)``, then ``__setstate__(state)`` when a state is given: how a doctored file is made."""
+
+    def __init__(self, f, args, state=None):
+        self.f, self.args, self.state = f, args, state
+
+    def __reduce__(self):
+        return (self.f, self.args) if self.state is None else (self.f, self.args, self.state)
+
+
+def test_forged_arrays_are_refused_before_numpy_sees_them():
+    """numpy.ndarray called with an object dtype over a buffer, such an array passed where a shape goes, or an
+    object array's state: with numpy behind the pickle's globals each makes numpy treat the file's bytes as
+    object pointers (a crash, or worse). Here the first two are refused while unpickling, the third stays
+    inert data that gives no pixels; a plain uint8 array still loads."""
+    import numpy as np
+    from numpy._core.multiarray import _reconstruct
+
+    def batch(data) -> bytes:
+        return pickle.dumps({"data": data, "labels": [0]}, protocol=2)
+
+    forged = _Call(np.ndarray, ((2,), "O", b"A" * 16))
+    for what, obj in (("ndarray(object, buffer)", forged),
+                      ("forged array as shape", _Call(_reconstruct, (np.ndarray, forged, b"b")))):
+        with pytest.raises(DlcliError, match="cannot be read as a CIFAR-10 batch \\(an array that is not a plain"):
+            dc._parse_batch(Path(what), batch(obj))
+    objects = _Call(_reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), np.dtype("O"), False, ["x"]))
+    assert dc._parse_batch(Path("objects"), batch(objects))["data"].pixels() is None
+    ok = dc._parse_batch(Path("ok"), batch(np.arange(6, dtype=np.uint8).reshape(2, 3)))
+    assert torch.equal(ok["data"].pixels(), torch.arange(6, dtype=torch.uint8).view(2, 3))
+
+
+def test_a_batch_pickled_by_python_2_reads_as_written():
+    """The 2009 files were written by Python 2's cPickle: numpy.core.multiarray._reconstruct, a str dtype code,
+    and the pixels as a Python 2 str (here spelled out opcode by opcode, as such a file holds them)."""
+    import struct
+
+    raw = bytes(range(256)) * 24  # (2, 3072) pixels
+    p = (b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00\x85q\x04"
+         b"U\x01b\x87q\x05Rq\x06(K\x01K\x02M\x00\x0c\x86q\x07cnumpy\ndtype\nq\x08U\x02u1K\x00K\x01\x87Rq\x09(K\x03U\x01|"
+         b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbI00\n" + b"T" + struct.pack("<i", len(raw)) + raw
+         + b"tbU\x06labels]q\x0a(K\x01K\x02eu.")
+    entry = dc._parse_batch(Path("py2"), p)
+    assert entry["labels"] == [1, 2] and bytes(entry["data"].pixels().flatten().tolist()) == raw
+    assert entry["data"].pixels().shape == (2, 3072)
+
+
+def test_an_empty_batch_folder_is_not_the_original_and_a_partial_one_is_extracted_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLCLI_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    (root / dc.ORIGINAL_FOLDER).mkdir(parents=True)  # e.g. left by an interrupted extraction
+    (root / "cifar10-jpg").symlink_to(real_cifar() / "cifar10-jpg")
+    b = load_data("cifar10", {"files": "auto", "train_size": 5, "test_size": 5, "cache": False}, root, seed=0)
+    assert any("JPEG files" in n for n in b.extra["notes"])  # the empty folder does not hide the image folders
+    (root / "cifar10-jpg").unlink()
+    tar = _tarball(tmp_path, monkeypatch)
+    (root / dc.TARBALL).write_bytes(tar.read_bytes())
+    (root / dc.ORIGINAL_FOLDER / "data_batch_1").write_bytes(b"half a file")  # a partial extraction
+    b = load_data("cifar10", {"val_size": 0}, root, seed=0)
+    assert len(b.train) == 5 * PER_BATCH and any(n.startswith("CIFAR-10 extracted from") for n in b.extra["notes"])
+    assert sorted(p.name for p in (root / dc.ORIGINAL_FOLDER).iterdir()) == sorted(dc.ORIGINAL_MD5)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # the temporary folder is gone

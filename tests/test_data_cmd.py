@@ -105,8 +105,8 @@ def test_imagenet_weights_are_found_fetched_and_checked(cli, tmp_path, monkeypat
     monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
     off = cli("data", "alexnet-imagenet", "--download")
     assert off.code == 1 and off.err.strip().splitlines()[-1] == (
-        f"error: alexnet-imagenet not found at {empty_hub / 'alexnet-owt-7be5be79.pth'} and no network: its server "
-        f"did not answer; place alexnet-owt-7be5be79.pth (from https://download.pytorch.org/models/"
+        f"error: alexnet-imagenet not found at {empty_hub / 'alexnet-owt-7be5be79.pth'} and no network: none of "
+        f"its download servers answered; place alexnet-owt-7be5be79.pth (from https://download.pytorch.org/models/"
         f"alexnet-owt-7be5be79.pth) in {empty_hub}/ (TORCH_HOME moves it)")
     monkeypatch.setattr(dlcli.download, "any_reachable", probe)
     served = tmp_path / "served"
@@ -128,3 +128,55 @@ def test_imagenet_weights_are_found_fetched_and_checked(cli, tmp_path, monkeypat
     (empty_hub / name).write_bytes(payload[:-5])  # a cut download
     row = _rows(cli("data", "alexnet-imagenet", "--json"))["alexnet-imagenet"]
     assert row["state"] == "damaged" and "SHA-256 does not start with" in row["detail"]
+
+
+def test_the_weights_urls_are_torchvision_s():
+    import torchvision.models as tvm
+
+    enums = {"alexnet-imagenet": tvm.AlexNet_Weights, "resnet18-imagenet": tvm.ResNet18_Weights,
+             "resnet50-imagenet": tvm.ResNet50_Weights}
+    assert {n: url for n, (_, url) in dlcli.data_status.WEIGHTS.items()} == \
+        {n: e.IMAGENET1K_V1.url for n, e in enums.items()}
+
+
+@pytest.mark.skipif(real_cifar() is None, reason="real CIFAR-10 (cifar10-jpg/) not found")
+def test_cifar_copies_their_states_and_fetching_the_original_beside_the_jpegs(cli, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    (root / "cifar10-jpg" / "train").mkdir(parents=True)
+    (root / "cifar10-jpg" / "test").mkdir()
+    row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
+    assert (row["state"], row["copy"]) == ("incomplete", "images") and "0 + 0 images" in row["detail"]
+    shutil.rmtree(root / "cifar10-jpg")
+    (root / "cifar10-jpg").symlink_to(real_cifar() / "cifar10-jpg")
+    row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
+    assert (row["state"], row["copy"]) == ("found", "images")
+    # named, the download fetches the original even though the JPEG copy is there; then runs read the original
+    with serving(_tarball(tmp_path, monkeypatch), monkeypatch):
+        res = cli("data", "cifar10", "--download", "--data-dir", str(root), "--json")
+    row = _rows(res)["cifar10"]
+    assert res.json()["fetched"] == ["cifar10"] and (row["state"], row["copy"]) == ("found", "original")
+    shutil.rmtree(root / dc.ORIGINAL_FOLDER)
+    (root / "cifar10-jpg").unlink()
+    row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
+    assert (row["state"], row["copy"]) == ("found", "tarball")  # extracted at first use
+    (root / dc.TARBALL).write_bytes((root / dc.TARBALL).read_bytes()[:-100])
+    row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
+    assert row["state"] == "damaged" and "is not the original CIFAR-10 tarball" in row["detail"]
+
+
+def test_one_failed_download_does_not_stop_the_others(cli, monkeypatch):
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    res = cli("data", "alexnet-imagenet", "resnet18-imagenet", "--download")
+    assert res.code == 1 and res.err.count("fetching") == 2  # both tried
+    last = res.err.strip().splitlines()[-1]
+    assert last.startswith("error: alexnet-imagenet not found at") and last.endswith("(and 1 more: see --json)")
+    assert "missing" in res.out  # the table of what is there still comes
+
+
+def test_a_damaged_weights_file_is_called_damaged_when_it_cannot_be_replaced(cli, monkeypatch, empty_hub):
+    empty_hub.mkdir(parents=True)
+    (empty_hub / "resnet18-f37072fd.pth").write_bytes(b"cut short")
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    res = cli("data", "resnet18-imagenet", "--download")
+    assert res.code == 1 and f"error: resnet18-imagenet is damaged at {empty_hub / 'resnet18-f37072fd.pth'} and no " \
+                              "network" in res.err

@@ -82,10 +82,10 @@ def test_batch_not_divisible_by_processes_is_one_line(cli, tmp_path, data_dir, m
 
 
 class _Rank:
-    """A stand-in Runtime of one rank that records the barriers it reaches."""
+    """A stand-in Runtime of one rank that records the collectives it joins; ``rank0_fails``: what rank 0 says."""
 
-    def __init__(self, rank: int, world_size: int, events: list[str]) -> None:
-        self.rank, self.world_size, self.events = rank, world_size, events
+    def __init__(self, rank: int, world_size: int, events: list[str], rank0_fails: bool = False) -> None:
+        self.rank, self.world_size, self.events, self.rank0_fails = rank, world_size, events, rank0_fails
 
     @property
     def distributed(self) -> bool:
@@ -95,15 +95,17 @@ class _Rank:
     def is_primary(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        self.events.append("barrier")
+    def any_rank(self, flag: bool) -> bool:
+        self.events.append(f"any_rank({flag})")
+        return flag or self.rank0_fails
 
 
 @pytest.mark.parametrize("rank,world,fails,expected", [
-    (0, 1, False, ["load"]),                # one process: nothing to wait for
-    (0, 2, False, ["load", "barrier"]),     # rank 0 fetches whatever is missing, then lets the others go
-    (1, 2, False, ["barrier", "load"]),     # the others read what rank 0 fetched (no two downloads at once)
-    (0, 2, True, ["load", "barrier"]),      # rank 0 fails: it still releases the others (no hang), then raises
+    (0, 1, False, ["load"]),                        # one process: nothing to tell
+    (0, 2, False, ["load", "any_rank(False)"]),     # rank 0 fetches whatever is missing, then lets the others go
+    (1, 2, False, ["any_rank(False)", "load"]),     # the others read what rank 0 fetched (no two downloads at once)
+    (0, 2, True, ["load", "any_rank(True)"]),       # rank 0 fails: it still joins the reduction (no hang), raises
+    (1, 2, True, ["any_rank(False)"]),              # ...and the others stop without loading (no second download)
 ])
 def test_rank_zero_loads_the_data_first(monkeypatch, rank, world, fails, expected):
     import dlcli.tasks.base as base
@@ -119,9 +121,10 @@ def test_rank_zero_loads_the_data_first(monkeypatch, rank, world, fails, expecte
         return "bundle"
 
     monkeypatch.setattr(base, "load_data", load)
-    task = base.Task(base.TaskContext(load_recipe("lenet", check_builders=False), _Rank(rank, world, events)))
+    rt = _Rank(rank, world, events, rank0_fails=fails)
+    task = base.Task(base.TaskContext(load_recipe("lenet", check_builders=False), rt))
     if fails:
-        with pytest.raises(DlcliError, match="no network"):
+        with pytest.raises(DlcliError, match="no network" if rank == 0 else "rank 0 could not load the data"):
             task.load_data()
     else:
         assert task.load_data() == "bundle"

@@ -90,7 +90,12 @@ class RealData:
             load_data,
             scan_image_folder,
         )
-        from dlcli.data_cifar import ORIGINAL_FOLDER, read_original
+        from dlcli.data_cifar import (
+            ORIGINAL_FOLDER,
+            TARBALL,
+            choose_copy,
+            original_tensors,
+        )
 
         if len(input_shape) != 3 or input_shape[0] not in (1, 3):
             shape = ",".join(str(d) for d in input_shape)
@@ -112,14 +117,16 @@ class RealData:
             return cls(subset, "MNIST", bundle.mean, bundle.std)
         root = data_root(data_dir)
         size = None if (h, w) == (32, 32) else (h, w)
-        if (root / ORIGINAL_FOLDER).is_dir():  # the original batches: the images are in memory, nothing to decode
-            x, y, _, _, _ = read_original(root / ORIGINAL_FOLDER)
+        copy = choose_copy(root)  # what a training run reads (files: auto)
+        if copy in ("original", "tarball"):  # the original batches: the images are in memory, nothing to decode
+            x, y, *_ = original_tensors(root)
             return cls(_ImageTensors(x, y, size), "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD)
         folder = root / "cifar10-jpg" / "train"
-        if not folder.is_dir():
+        if copy != "images":
             raise DlcliError(
-                f"--data real: CIFAR-10 not found: expected the original batches {root / ORIGINAL_FOLDER}/ or the "
-                f"image folder {folder}/<class>/*.jpg; pass --data-dir or set DLCLI_DATA"
+                f"--data real: CIFAR-10 not found: expected the original batches {root / ORIGINAL_FOLDER}/ (or "
+                f"{root / TARBALL}) or the image folder {folder}/<class>/*.jpg; pass --data-dir or set DLCLI_DATA "
+                "(`dlcli data cifar10 --download` fetches it)"
             )
         index = scan_image_folder(folder)
         if not index.files:

@@ -25,7 +25,7 @@ from torch import nn
 
 from dlcli.config import Recipe
 from dlcli.data import DataBundle, load_data
-from dlcli.errors import ConfigError
+from dlcli.errors import ConfigError, DlcliError
 from dlcli.registry import build_model_with_defaults
 from dlcli.runtime import Runtime
 
@@ -87,21 +87,25 @@ class Task:
 
     # --- set-up helpers shared by tasks ---------------------------------------------------------------
     def load_data(self) -> DataBundle:
-        """The recipe's data. Under torchrun rank 0 loads first and the others wait for it: a missing data set
-        is downloaded (and CIFAR-10's image folders decoded into the cache) once, not by every process into the
-        same files at once. Rank 0 reaches the barrier even when loading fails, so no rank waits forever."""
+        """The recipe's data. Under torchrun rank 0 loads first and tells the others whether it could: a missing
+        data set is downloaded (and CIFAR-10's image folders decoded into the cache) once, not by every process
+        into the same files at once; when rank 0 fails, the others stop without trying (rank 0 says why)."""
         if self.recipe.data is None:
             raise ConfigError(f"recipe {self.recipe.name}: the {self.recipe.task} task needs a data: section")
         rt = self.runtime
-        if rt.distributed and not rt.is_primary:
-            rt.barrier()  # rank 0 has fetched whatever was missing (or failed, and so will this rank)
+        if rt.distributed and not rt.is_primary and rt.any_rank(False):  # waits for rank 0's word
+            raise DlcliError("rank 0 could not load the data (its error says why)")
         try:
-            return load_data(self.recipe.data.source, self.recipe.data.args, self.ctx.data_dir, self.recipe.seed)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"data.args: {e}") from None
-        finally:
+            bundle = load_data(self.recipe.data.source, self.recipe.data.args, self.ctx.data_dir, self.recipe.seed)
+        except BaseException as e:
             if rt.distributed and rt.is_primary:
-                rt.barrier()
+                rt.any_rank(True)  # the others stop too (every rank joins this one reduction, whatever happens)
+            if isinstance(e, (TypeError, ValueError)):
+                raise ConfigError(f"data.args: {e}") from None
+            raise
+        if rt.distributed and rt.is_primary:
+            rt.any_rank(False)
+        return bundle
 
     def build_model(self, **defaults: Any) -> nn.Module:
         """The recipe's model; ``defaults`` (e.g. num_classes from the data) yield to explicit recipe args."""
