@@ -224,6 +224,8 @@ def test_unreachable_server_probe_gives_up_quickly(monkeypatch):
     assert any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is False
     assert time.perf_counter() - t0 < 3.0
     assert any_reachable([]) is True  # nothing to probe: let torchvision try
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"no": "localhost,127.0.0.1"})
+    assert any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is False  # no_proxy alone configures no proxy
     monkeypatch.setattr(urllib.request, "getproxies", lambda: {"https": "http://proxy:3128"})
     assert any_reachable(["http://192.0.2.1:9/"], timeout=0.5) is True  # the proxy may well get through
 
