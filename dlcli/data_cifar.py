@@ -372,6 +372,16 @@ def _jpeg_note(index: FolderIndex) -> list[str]:
              "than what a run on this copy reaches")]
 
 
+def _decode_all(files: list[str], root: Path) -> torch.Tensor:
+    """The images of ``files`` (uint8 (N, C, H, W)); one that cannot be decoded is an error naming it."""
+    imgs, _, failures = decode_images(files)
+    if failures:
+        p, why = failures[0]
+        raise DlcliError(f"{len(failures)} image(s) of {root} cannot be decoded, e.g. {p} ({why}); replace them (a "
+                         "benchmark data set must be complete)")
+    return imgs
+
+
 def _from_images(base: Path, folder: str, seed: int, val_size: int, train_size: int | None, test_size: int | None,
                  cache: bool) -> DataBundle:
     """CIFAR-10 as ``<folder>/{train,test}/<class>/*.jpg``, decoded once into uint8 tensors (in parallel
@@ -400,12 +410,7 @@ def _from_images(base: Path, folder: str, seed: int, val_size: int, train_size: 
     else:
         splits = []
         for index in (train_index, test_index):
-            imgs, _, failures = decode_images(index.files)
-            if failures:
-                p, why = failures[0]
-                raise DlcliError(f"{len(failures)} image(s) of {index.root} cannot be decoded, e.g. {p} ({why}); "
-                                 "replace them (a benchmark data set must be complete)")
-            splits += [imgs, torch.tensor(index.labels)]
+            splits += [_decode_all(index.files, index.root), torch.tensor(index.labels)]
         x, y, xt, yt = splits
         notes.append(f"CIFAR-10 decoded from {len(x) + len(xt):,} files in {time.perf_counter() - t0:.1f} s "
                      f"({min(os.cpu_count() or 1, 16)} threads)")
@@ -434,11 +439,7 @@ def _cifar10_subset(train_index: FolderIndex, test_index: FolderIndex, seed: int
     splits = []
     for index, idx in ((train_index, train_idx), (train_index, val_idx), (test_index, test_idx)):
         files = [index.files[i] for i in idx.tolist()]
-        imgs, _, failures = decode_images(files)
-        if failures:
-            p, why = failures[0]
-            raise DlcliError(f"{len(failures)} image(s) of {index.root} cannot be decoded, e.g. {p} ({why}); "
-                             "replace them (a benchmark data set must be complete)")
+        imgs = _decode_all(files, index.root)
         if len(files) and imgs.shape[1:] != (3, 32, 32):
             raise DlcliError(f"{index.root}: expected 32x32 colour images, found {tuple(imgs.shape[1:])}")
         splits.append(Split(imgs, torch.tensor(index.labels)[idx]))
