@@ -49,8 +49,8 @@ def data(
                 try:
                     fetch(row["name"], data_dir)
                     fetched.append(row["name"])
-                except DlcliError as e:  # the others are still tried; the table then shows what is there
-                    failed.append(str(e))
+                except Exception as e:  # the others are still tried; the table then shows what is there
+                    failed.append(str(e) if isinstance(e, DlcliError) else f"{row['name']}: {type(e).__name__}: {e}")
     result = inspect(wanted, data_dir)
     result["fetched"], result["failed"] = fetched, failed
     if json:

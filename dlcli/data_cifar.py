@@ -19,12 +19,14 @@ Layering: imports ``dlcli.data_core``, ``dlcli.data_images`` (scanning, decoding
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +90,21 @@ class _Array:
         self.state = state
 
     def pixels(self) -> torch.Tensor | None:
-        """The array as a uint8 tensor of its shape, or None when it is anything else."""
-        state = self.state
+        """The array as a uint8 tensor of its shape, or None when it is anything else (checked before any
+        memory is taken: the shape must fit the bytes there are)."""
+        state = getattr(self, "state", None)  # (absent when a pickle built the object without __init__)
         if not (isinstance(state, tuple) and len(state) == 5):
             return None
         _, shape, dtype, fortran, raw = state
         if isinstance(raw, str):  # Python 2's str, decoded as latin-1 by the unpickler
-            raw = raw.encode("latin1")
-        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and fortran is False
-                and isinstance(dtype, _Dtype) and dtype.spec == "u1" and isinstance(raw, bytes)
-                and len(raw) == math.prod(shape)):
+            try:
+                raw = raw.encode("latin1")
+            except UnicodeEncodeError:  # not what the unpickler makes of bytes
+                return None
+        if not (isinstance(shape, tuple) and 0 < len(shape) <= 4 and all(type(n) is int and 0 <= n < 2**31
+                                                                        for n in shape)
+                and fortran is False and isinstance(dtype, _Dtype) and getattr(dtype, "spec", None) == "u1"
+                and isinstance(raw, bytes) and len(raw) == math.prod(shape)):
             return None
         return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(shape) if raw else torch.zeros(shape,
                                                                                                       dtype=torch.uint8)
@@ -113,11 +120,25 @@ class _Dtype:
         self.state = state
 
 
-def _latin1(text: object, encoding: object = "latin1") -> bytes:
-    """How Python 3 writes bytes at pickle protocol 2: codecs.encode(str, "latin1"), nothing else."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"codecs.encode with {encoding!r}")
-    return text.encode("latin1")
+class _Latin1:
+    """How Python 3 writes bytes at pickle protocol 2: codecs.encode(str, "latin1"), and nothing else. An
+    instance without attributes, so a pickle cannot alter it for the rest of the process."""
+
+    __slots__ = ()
+
+    def __call__(self, text: object, encoding: object = "latin1") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError("codecs.encode of anything but latin-1 text")
+        try:
+            return text.encode("latin1")
+        except UnicodeEncodeError:
+            raise pickle.UnpicklingError("codecs.encode of anything but latin-1 text") from None
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle that alters the unpickler's own helpers")
+
+
+_latin1 = _Latin1()
 
 
 #: the globals a batch's pickle names -> their inert stand-ins
@@ -128,7 +149,7 @@ _PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _ArraysOnly(pickle.Unpickler):
+class _ArraysOnly(pickle._Unpickler):  # the pure-Python unpickler: its memo is a dict, not an array a pickle sizes
     """Unpickles what a CIFAR-10 batch holds (a dict of one uint8 array, lists, strings, numbers) and nothing
     else. The few globals such a pickle names are answered with inert stand-ins (``_Array``, ``_Dtype``, a
     latin-1 ``codecs.encode``) that only record what the pickle says; any other global (a function it would
@@ -146,7 +167,8 @@ def _parse_batch(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         entry = _ArraysOnly(io.BytesIO(raw), encoding="latin1").load()  # the files were pickled by Python 2
     except Exception as e:
-        raise DlcliError(f"{path} cannot be read as a CIFAR-10 batch ({e}): replace it with the original file") from e
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise DlcliError(f"{path} cannot be read as a CIFAR-10 batch ({why}): replace it with the original file") from e
     if not isinstance(entry, dict):
         raise DlcliError(f"{path} holds a {type(entry).__name__}, not a CIFAR-10 batch: replace it with the original")
     return entry
@@ -196,7 +218,7 @@ def read_original(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
             pixels = data.pixels() if isinstance(data, _Array) else None  # (N, 3072) uint8
             if not (pixels is not None and pixels.dim() == 2 and pixels.shape[1] == 3 * 32 * 32
                     and isinstance(labels, list) and len(labels) == len(pixels)
-                    and all(type(v) is int for v in labels)):
+                    and all(type(v) is int and 0 <= v < 2**31 for v in labels)):
                 raise DlcliError(f"{folder / name} does not hold 32x32 colour images with one label each: replace "
                                  "it with the original file")
             # each row: the 1024 red values of a 32x32 image row by row, then the green, then the blue
@@ -242,9 +264,37 @@ def tarball_problem(tarball: Path) -> str | None:
             f"it to download it again, or download it again from {TARBALL_URL}")
 
 
+@contextlib.contextmanager
+def _fetch_lock(root: Path) -> Iterator[None]:
+    """Held while the original is downloaded or extracted under ``root``: runs started together on one data
+    folder (a sweep, a job array) fetch it once, the others wait and read it. Temporary files found while it
+    is held were left by a process that was killed (SIGTERM skips ``finally``), and are removed."""
+    import shutil
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / ".cifar-10.lock", "a")  # noqa: SIM115  (held for the block)
+    except OSError as e:
+        raise DlcliError(f"cannot write in {root} ({e.strerror}): make it writable, or point --data-dir or "
+                         "DLCLI_DATA at a writable folder") from None
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # no fcntl (Windows): concurrent fetches are not guarded there
+            pass
+        for stale in [*root.glob(f".{TARBALL}.*.part"), *root.glob(f".{ORIGINAL_FOLDER}.*.tmp")]:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def _extract(root: Path) -> str:
     """Extract the tarball into a temporary folder beside it, then move ``cifar-10-batches-py`` into place
-    (replacing a partial or damaged one): an interrupted extraction never looks like the original."""
+    (replacing a partial or damaged one): an interrupted extraction never looks like the original. Called
+    with ``_fetch_lock`` held."""
     import shutil
 
     from torchvision.datasets.utils import extract_archive
@@ -254,18 +304,21 @@ def _extract(root: Path) -> str:
     if problem:
         raise DlcliError(problem)
     tmp = root / f".{ORIGINAL_FOLDER}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         extract_archive(str(tarball), str(tmp))
         shutil.rmtree(root / ORIGINAL_FOLDER, ignore_errors=True)
         os.replace(tmp / ORIGINAL_FOLDER, root / ORIGINAL_FOLDER)
+    except OSError as e:  # a read-only or full disk
+        raise DlcliError(f"cannot extract {tarball} into {root} ({e.strerror or e}): make room or make it writable, "
+                         f"or extract it there yourself") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return f"CIFAR-10 extracted from {tarball} in {time.perf_counter() - t0:.1f} s"
 
 
 def _download(root: Path, hint: str) -> str:
-    """Download the tarball (torchvision's downloader, MD5 checked) to a temporary name, rename it, extract it."""
+    """Download the tarball (torchvision's downloader, MD5 checked) to a temporary name, rename it, extract it.
+    Called with ``_fetch_lock`` held."""
     from torchvision.datasets.utils import download_url
 
     t0 = time.perf_counter()
@@ -299,19 +352,25 @@ def original_tensors(root: Path, files: str = "original", folder: str = "cifar10
     returns notes saying what was done."""
     copy = choose_copy(root, files, folder)
     notes = []
-    if copy == "tarball":
-        notes.append(_extract(root))
-    elif copy == "download":
-        notes.append(_download(root, _missing_hint(root, folder, files)))
+    if copy in ("tarball", "download"):
+        with _fetch_lock(root):
+            copy = choose_copy(root, files, folder)  # another run may have fetched it while this one waited
+            if copy == "tarball":
+                notes.append(_extract(root))
+            elif copy == "download":
+                notes.append(_download(root, _missing_hint(root, folder, files)))
     t0 = time.perf_counter()
     try:
         out = read_original(root / ORIGINAL_FOLDER)
     except OriginalProblem:
         if copy != "original" or not (root / TARBALL).is_file():
             raise
-        notes.append(_extract(root))  # a partial extraction, or a damaged file, beside the tarball
-        t0 = time.perf_counter()
-        out = read_original(root / ORIGINAL_FOLDER)
+        with _fetch_lock(root):  # a partial extraction, or a damaged file, beside the tarball
+            try:
+                out = read_original(root / ORIGINAL_FOLDER)  # another run may have mended it meanwhile
+            except OriginalProblem:
+                notes.append(_extract(root))
+                out = read_original(root / ORIGINAL_FOLDER)
     notes.append(f"CIFAR-10 read from the original batches in {root / ORIGINAL_FOLDER} in "
                  f"{time.perf_counter() - t0:.1f} s")
     return (*out, notes)

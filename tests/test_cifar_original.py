@@ -225,7 +225,7 @@ def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
     header = res.json()["header"]  # stdout held the JSON document and nothing else
     assert header["train_samples"] == 5 * PER_BATCH - 4
     assert any(n.startswith(f"CIFAR-10 downloaded into {root / dc.TARBALL}") and "extracted" in n for n in header["notes"])
-    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no temporary file or folder left
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [".cifar-10.lock"]  # no temporary left
     assert (root / dc.TARBALL).is_file() and (root / dc.ORIGINAL_FOLDER / "batches.meta").is_file()
     ev = cli("eval", str(tmp_path / "run"), "--data-dir", str(root))  # the table, and which files it scored
     assert ev.code == 0, ev.err
@@ -306,4 +306,68 @@ def test_an_empty_batch_folder_is_not_the_original_and_a_partial_one_is_extracte
     b = load_data("cifar10", {"val_size": 0}, root, seed=0)
     assert len(b.train) == 5 * PER_BATCH and any(n.startswith("CIFAR-10 extracted from") for n in b.extra["notes"])
     assert sorted(p.name for p in (root / dc.ORIGINAL_FOLDER).iterdir()) == sorted(dc.ORIGINAL_MD5)
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # the temporary folder is gone
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [".cifar-10.lock"]  # no temporary left
+
+
+def test_runs_started_together_extract_once_and_clear_what_killed_runs_left(tmp_path, monkeypatch):
+    """Several runs on one data folder with only the tarball: one extracts (under a file lock), the others wait
+    and read its result; a temporary file and folder of a killed fetch are removed."""
+    import threading
+    import time
+
+    tar = _tarball(tmp_path, monkeypatch)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / dc.TARBALL).write_bytes(tar.read_bytes())
+    (root / f".{dc.TARBALL}.99999.part").write_bytes(b"half a download")  # left by a killed run
+    (root / f".{dc.ORIGINAL_FOLDER}.99999.tmp" / dc.ORIGINAL_FOLDER).mkdir(parents=True)
+    extract, inside, most, calls = dc._extract, [0], [0], []
+
+    def slow_extract(r):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.3)  # long enough for the other runs to arrive meanwhile
+        try:
+            calls.append(1)
+            return extract(r)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(dc, "_extract", slow_extract)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(dc.original_tensors(root)[0])
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4 and all(torch.equal(r, results[0]) for r in results)
+    assert (len(calls), most[0]) == (1, 1)  # extracted once, never two at a time
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [".cifar-10.lock"]
+
+
+def test_pickles_that_would_exhaust_memory_or_alter_the_unpickler_are_refused():
+    import struct
+    import tracemalloc
+
+    # a memo index of 2**24: the C unpickler would size (and zero) an array for it; a dict memo holds one entry
+    huge_memo = b"\x80\x02]r" + struct.pack("<I", 2**24) + b"."
+    tracemalloc.start()
+    with pytest.raises(DlcliError, match="holds a list, not a CIFAR-10 batch"):
+        dc._parse_batch(Path("memo"), huge_memo)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20
+    # BUILD on the codecs.encode stand-in, which would set attributes on it for the rest of the process
+    with pytest.raises(DlcliError, match="alters the unpickler's own helpers"):
+        dc._parse_batch(Path("alter"), b"\x80\x02c_codecs\nencode\n}b.")
+    assert dc._latin1("\xff") == b"\xff"
+    with pytest.raises(DlcliError, match=r"\(it names os\.xxxx") as e:  # a long name is cut to one short line
+        dc._parse_batch(Path("long"), b"\x80\x02cos\n" + b"x" * 100_000 + b"\n.")
+    assert len(str(e.value)) < 300
