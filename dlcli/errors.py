@@ -20,3 +20,10 @@ class UsageError(DlcliError):
 
 class ConfigError(UsageError):
     """A recipe or override that does not validate; the message names the file and the key."""
+
+
+class PeerStopped(DlcliError):
+    """This rank of a torchrun group stops because another rank failed, which reports why. It exits 0, so that
+    torchrun names the reporting rank as the cause (and does not stop it before it has said why)."""
+
+    exit_code = 0

@@ -342,6 +342,16 @@ class Runtime:
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable, small), in rank order, on every rank; ``[obj]`` in one process."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self._control_group)
+        return out
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (e.g. the run folder rank 0 chose)."""
         if not self.distributed:

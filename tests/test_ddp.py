@@ -82,10 +82,13 @@ def test_batch_not_divisible_by_processes_is_one_line(cli, tmp_path, data_dir, m
 
 
 class _Rank:
-    """A stand-in Runtime of one rank that records the collectives it joins; ``rank0_fails``: what rank 0 says."""
+    """A stand-in Runtime of one rank that records the collectives it joins; ``rank0_fails`` is what rank 0 says,
+    ``gathered`` what every rank says after loading."""
 
-    def __init__(self, rank: int, world_size: int, events: list[str], rank0_fails: bool = False) -> None:
-        self.rank, self.world_size, self.events, self.rank0_fails = rank, world_size, events, rank0_fails
+    def __init__(self, rank: int, world_size: int, events: list[str], rank0_fails: bool = False,
+                 gathered: list | None = None) -> None:
+        self.rank, self.world_size, self.events = rank, world_size, events
+        self.rank0_fails, self.gathered = rank0_fails, gathered
 
     @property
     def distributed(self) -> bool:
@@ -99,33 +102,45 @@ class _Rank:
         self.events.append(f"any_rank({flag})")
         return flag or self.rank0_fails
 
+    def all_gather_object(self, obj):
+        self.events.append(f"gather({obj})")
+        return self.gathered or [obj] * self.world_size
 
-@pytest.mark.parametrize("rank,world,fails,expected", [
-    (0, 1, False, ["load"]),                        # one process: nothing to tell
-    (0, 2, False, ["load", "any_rank(False)"]),     # rank 0 fetches whatever is missing, then lets the others go
-    (1, 2, False, ["any_rank(False)", "load"]),     # the others read what rank 0 fetched (no two downloads at once)
-    (0, 2, True, ["load", "any_rank(True)"]),       # rank 0 fails: it still joins the reduction (no hang), raises
-    (1, 2, True, ["any_rank(False)"]),              # ...and the others stop without loading (no second download)
+
+OFFLINE = "MNIST not found under ... and no network"
+
+
+@pytest.mark.parametrize("rank,world,failing,expected,raised", [
+    (0, 1, None, ["load"], None),                                             # one process: nothing to tell
+    (0, 2, None, ["load", "any_rank(False)", "gather(None)"], None),          # rank 0 first...
+    (1, 2, None, ["any_rank(False)", "load", "gather(None)"], None),          # ...the others after it
+    (0, 2, 0, ["load", "any_rank(True)"], OFFLINE),                           # rank 0 fails: it says why
+    (1, 2, 0, ["any_rank(False)"], "rank 0 could not load the data"),         # the others stop, without loading
+    (0, 2, 1, ["load", "any_rank(False)", "gather(None)"], f"rank 1 could not load the data: {OFFLINE}"),
+    (1, 2, 1, ["any_rank(False)", "load", f"gather({OFFLINE})"], "rank 1 could not load the data"),
 ])
-def test_rank_zero_loads_the_data_first(monkeypatch, rank, world, fails, expected):
+def test_rank_zero_loads_the_data_first(monkeypatch, rank, world, failing, expected, raised):
     import dlcli.tasks.base as base
     from dlcli.config import load_recipe
-    from dlcli.errors import DlcliError
+    from dlcli.errors import DlcliError, PeerStopped
 
     events: list[str] = []
 
     def load(*args, **kwargs):
         events.append("load")
-        if fails:
-            raise DlcliError("MNIST not found under ... and no network")
+        if rank == failing:
+            raise DlcliError(OFFLINE)
         return "bundle"
 
     monkeypatch.setattr(base, "load_data", load)
-    rt = _Rank(rank, world, events, rank0_fails=fails)
+    gathered = [None, OFFLINE] if failing == 1 else None
+    rt = _Rank(rank, world, events, rank0_fails=failing == 0, gathered=gathered)
     task = base.Task(base.TaskContext(load_recipe("lenet", check_builders=False), rt))
-    if fails:
-        with pytest.raises(DlcliError, match="no network" if rank == 0 else "rank 0 could not load the data"):
-            task.load_data()
-    else:
+    if raised is None:
         assert task.load_data() == "bundle"
+    else:
+        with pytest.raises(DlcliError, match=raised) as e:
+            task.load_data()
+        # the rank that reports exits 1; the others exit 0, so that torchrun names the reporting one
+        assert e.value.exit_code == (1 if rank == 0 else 0) and isinstance(e.value, PeerStopped) == (rank != 0)
     assert events == expected

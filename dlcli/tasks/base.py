@@ -25,7 +25,7 @@ from torch import nn
 
 from dlcli.config import Recipe
 from dlcli.data import DataBundle, load_data
-from dlcli.errors import ConfigError, DlcliError
+from dlcli.errors import ConfigError, DlcliError, PeerStopped
 from dlcli.registry import build_model_with_defaults
 from dlcli.runtime import Runtime
 
@@ -89,23 +89,43 @@ class Task:
     def load_data(self) -> DataBundle:
         """The recipe's data. Under torchrun rank 0 loads first and tells the others whether it could: a missing
         data set is downloaded (and CIFAR-10's image folders decoded into the cache) once, not by every process
-        into the same files at once; when rank 0 fails, the others stop without trying (rank 0 says why)."""
+        into the same files at once. Then the others load, and every rank learns whether all could: when one
+        could not, rank 0 reports it (its error, or "rank N could not load the data: ...") and the others stop
+        quietly (``PeerStopped``). Each rank joins the same two collectives on every path."""
         if self.recipe.data is None:
             raise ConfigError(f"recipe {self.recipe.name}: the {self.recipe.task} task needs a data: section")
         rt = self.runtime
-        if rt.distributed and not rt.is_primary and rt.any_rank(False):  # waits for rank 0's word
-            raise DlcliError("rank 0 could not load the data (its error says why)")
-        try:
-            bundle = load_data(self.recipe.data.source, self.recipe.data.args, self.ctx.data_dir, self.recipe.seed)
-        except BaseException as e:
-            if rt.distributed and rt.is_primary:
-                rt.any_rank(True)  # the others stop too (every rank joins this one reduction, whatever happens)
-            if isinstance(e, (TypeError, ValueError)):
-                raise ConfigError(f"data.args: {e}") from None
-            raise
-        if rt.distributed and rt.is_primary:
-            rt.any_rank(False)
+        if not rt.distributed:
+            return self._load_data()
+        bundle, error = None, None
+        if rt.is_primary:
+            try:
+                bundle = self._load_data()
+            except BaseException as e:  # Ctrl-C included: the others must still hear from rank 0
+                error = e
+        if rt.any_rank(error is not None):  # the other ranks wait here while rank 0 loads
+            if error is not None:
+                raise error
+            raise PeerStopped("rank 0 could not load the data")
+        if not rt.is_primary:
+            try:
+                bundle = self._load_data()
+            except BaseException as e:
+                error = e
+        failed = [(r, m) for r, m in enumerate(rt.all_gather_object(None if error is None else str(error))) if m]
+        if failed:
+            if rt.is_primary:
+                raise DlcliError(f"rank {failed[0][0]} could not load the data: {failed[0][1]}")
+            raise PeerStopped(f"rank {failed[0][0]} could not load the data")
+        assert bundle is not None
         return bundle
+
+    def _load_data(self) -> DataBundle:
+        assert self.recipe.data is not None
+        try:
+            return load_data(self.recipe.data.source, self.recipe.data.args, self.ctx.data_dir, self.recipe.seed)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data.args: {e}") from None
 
     def build_model(self, **defaults: Any) -> nn.Module:
         """The recipe's model; ``defaults`` (e.g. num_classes from the data) yield to explicit recipe args."""
