@@ -68,11 +68,13 @@ def _idx_state(root: Path, folder: str) -> tuple[str, str]:
     return "found", f"{raw}: the 4 IDX files (60,000 + 10,000 images)"
 
 
-def _count_images(split: Path) -> int:
+def _count_images(split: Path) -> tuple[int, list[str]]:
+    """The image files under ``split/<class>/``, and those of them that are empty (a run refuses those)."""
     from dlcli.data_images import IMAGE_EXTENSIONS
 
-    return sum(1 for d in split.iterdir() if d.is_dir() for f in os.scandir(d)
-               if f.name.lower().endswith(IMAGE_EXTENSIONS))
+    files = [f for d in split.iterdir() if d.is_dir() for f in os.scandir(d)
+             if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+    return len(files), [f.path for f in files if f.stat().st_size == 0]
 
 
 def _cifar_state(root: Path) -> tuple[str, str, str]:
@@ -82,12 +84,17 @@ def _cifar_state(root: Path) -> tuple[str, str, str]:
     if copy == "original":
         problem = original_problem(original)
         if problem is not None:
-            if tarball.is_file() and tarball_problem(tarball) is None:
-                return "found", f"{original}: {problem[0]}; a run extracts {tarball} again first", copy
+            if tarball.is_file():
+                if tarball_problem(tarball) is None:
+                    return "found", f"{original}: {problem[0]}; a run extracts {tarball} again first", copy
+                return problem[0], f"{problem[1]}; and {tarball_problem(tarball)}", copy
             return (*problem, copy)
         return "found", f"{original}: the original batches, each with its published MD5", copy
     if copy == "images":
-        n_train, n_test = _count_images(images / "train"), _count_images(images / "test")
+        (n_train, empty_train), (n_test, empty_test) = _count_images(images / "train"), _count_images(images / "test")
+        empty = empty_train + empty_test
+        if empty:
+            return "damaged", f"{len(empty)} empty image file(s) in {images}, e.g. {empty[0]}", copy
         state = "found" if n_train and n_test else "incomplete"
         return state, (f"{images}: image folders, {n_train:,} + {n_test:,} images (not the original pixels, as "
                        "runs say; `dlcli data cifar10 --download` fetches the original)"), copy

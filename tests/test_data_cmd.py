@@ -180,3 +180,20 @@ def test_a_damaged_weights_file_is_called_damaged_when_it_cannot_be_replaced(cli
     res = cli("data", "resnet18-imagenet", "--download")
     assert res.code == 1 and f"error: resnet18-imagenet is damaged at {empty_hub / 'resnet18-f37072fd.pth'} and no " \
                               "network" in res.err
+
+
+@pytest.mark.skipif(real_cifar() is None, reason="real CIFAR-10 (cifar10-jpg/) not found")
+def test_empty_image_files_and_a_damaged_tarball_beside_damaged_batches_are_told(cli, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        (root / "cifar10-jpg" / split / "cat").mkdir(parents=True)
+        shutil.copy(real_cifar() / "cifar10-jpg" / split / "cat" / "0000.jpg", root / "cifar10-jpg" / split / "cat")
+    (root / "cifar10-jpg" / "test" / "cat" / "0001.jpg").write_bytes(b"")
+    row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
+    assert row["state"] == "damaged" and row["detail"].startswith("1 empty image file(s)")
+    folder = write_original(root, monkeypatch)
+    (root / dc.TARBALL).write_bytes(b"not a tarball")
+    (folder / "test_batch").unlink()
+    row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
+    assert row["state"] == "incomplete" and "test_batch is missing" in row["detail"]
+    assert "is not the original CIFAR-10 tarball" in row["detail"]  # so extracting it again would not help
