@@ -1,6 +1,6 @@
 """``dlcli data``: where dlcli looks for each real data set (and torchvision's ImageNet weights) and what it
-finds there; ``--download`` fetches them ahead of time. Parse, call ``dlcli.data_status``, report. ``dlcli.cli`` calls :func:`register`.
-Importing this module does not import torch.
+finds there; ``--download`` fetches them ahead of time. Parse, call ``dlcli.data_status``, report.
+``dlcli.cli`` calls :func:`register`. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def data(
 
     wanted = check_names(list(names or []))
     fetched, failed = [], []
+    result = inspect(wanted, data_dir)
     if download:
-        for row in inspect(wanted, data_dir)["data_sets"]:
+        for row in result["data_sets"]:
             if needs_fetch(row, named=bool(names)):
                 report.err.print(f"fetching {row['name']} ...", markup=False, highlight=False)
                 try:
@@ -51,7 +52,8 @@ def data(
                     fetched.append(row["name"])
                 except Exception as e:  # the others are still tried; the table then shows what is there
                     failed.append(str(e) if isinstance(e, DlcliError) else f"{row['name']}: {type(e).__name__}: {e}")
-    result = inspect(wanted, data_dir)
+    if fetched or failed:  # inspected again only when something changed (inspecting hashes every file)
+        result = inspect(wanted, data_dir)
     result["fetched"], result["failed"] = fetched, failed
     if json:
         report.print_json(result)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from dlcli.data_cifar import CIFAR10_MEAN, CIFAR10_STD, cifar10, read_original  # noqa: F401  (re-exported)
+from dlcli.data_cifar import CIFAR10_MEAN, CIFAR10_STD, cifar10  # noqa: F401  (re-exported)
 from dlcli.data_core import DATASETS, DataBundle, Split, _val_split, register_dataset
 from dlcli.data_images import (  # noqa: F401  (re-exported: `from dlcli.data import ...` reaches every source)
     DECODE_CHUNK,

@@ -4,13 +4,14 @@ source, read from whichever copy a user has, as uint8 tensors (N, 3, 32, 32) hel
 - **The original** (``files: original``): the python batches ``cifar-10-batches-py/`` (``data_batch_1`` to
   ``_5`` and ``test_batch``, 10,000 images each, and ``batches.meta``), the folder torchvision's ``CIFAR10``
   downloads from the author's page. Each file is checked against its published MD5 before it is read, and
-  read by an unpickler that builds arrays and nothing else, so a doctored file cannot run code.
+  read by an unpickler that answers numpy's globals with inert stand-ins, so a doctored file can neither run
+  code nor reach numpy.
 - **Image folders** (``files: images``): ``<folder>/{train,test}/<class>/*.jpg``, torchvision's ImageFolder
   layout, decoded once (in parallel threads) and cached. This project's machines hold a JPEG quality-75 copy
   of this kind, which costs airbench about 3 points of accuracy (benchmarks/RESULTS.md); runs on it say so.
 - ``files: auto`` (the default) reads the original when ``cifar-10-batches-py/`` is there, else the image
   folders when they are there, else the original's tarball ``cifar-10-python.tar.gz`` when it is there
-  (extracted once), else downloads that tarball (163 MB, through torchvision) and reads it. Without a network
+  (extracted once), else downloads that tarball (163 MB, torchvision's downloader) and reads it. Without a network
   the error is one sentence saying which files to put where.
 
 Layering: imports ``dlcli.data_core``, ``dlcli.data_images`` (scanning, decoding, the cache) and
@@ -226,7 +227,7 @@ def read_original(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
             ys.append(torch.tensor(labels, dtype=torch.int64))
         splits += [torch.cat(xs), torch.cat(ys)]
     x, y, xt, yt = splits
-    if not classes or int(torch.cat([y, yt]).min()) < 0 or int(torch.cat([y, yt]).max()) >= len(classes):
+    if not classes or int(torch.cat([y, yt]).max()) >= len(classes):  # (each label was checked to be >= 0)
         raise DlcliError(f"{folder}: the labels do not match the {len(classes)} class names of batches.meta; "
                          "replace the files with the original ones")
     return x, y, xt, yt, classes

@@ -85,9 +85,10 @@ def _cifar_state(root: Path) -> tuple[str, str, str]:
         problem = original_problem(original)
         if problem is not None:
             if tarball.is_file():
-                if tarball_problem(tarball) is None:
+                damaged_tarball = tarball_problem(tarball)  # (an MD5 over 163 MB: once)
+                if damaged_tarball is None:
                     return "found", f"{original}: {problem[0]}; a run extracts {tarball} again first", copy
-                return problem[0], f"{problem[1]}; and {tarball_problem(tarball)}", copy
+                return problem[0], f"{problem[1]}; and {damaged_tarball}", copy
             return (*problem, copy)
         return "found", f"{original}: the original batches, each with its published MD5", copy
     if copy == "images":
