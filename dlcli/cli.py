@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dlcli import __version__, report
+from dlcli import __version__, download, report
 from dlcli.errors import DlcliError, UsageError
 from dlcli.paths import first_missing, prune_empty, refuse_file_in_the_way
 
@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     global _ARGV
     _ARGV = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("DLCLI_DEBUG", "") not in ("", "0")
+    download.progress_display = report.download_bar  # downloads show a bar (or a line per file) on stderr
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone speaks; the others exit with its code
         report.error_line = lambda message: None  # type: ignore[assignment]
     try:

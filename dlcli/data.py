@@ -2,8 +2,9 @@
 
 Real data (MNIST, Fashion-MNIST, CIFAR-10) is looked for under ``--data-dir``, then ``$DLCLI_DATA``, then
 ``~/.cache/dlcli``, in torchvision's layout (CIFAR-10 also as image folders); MNIST's IDX files are read here,
-without importing torchvision. Missing files are downloaded by torchvision when there is a network; when that
-fails the error is one sentence saying which files to put where.
+without importing torchvision. Missing files are downloaded from torchvision's mirrors when there is a network
+(``dlcli.download``: MD5 checked, a bar on stderr); when that fails the error is one sentence saying which files
+to put where.
 
 Small data sets are held as tensors (uint8 images, or float points) and batched by indexing, on the training
 device, so the input side never limits speed. ``in_memory: false`` keeps a classic ``DataLoader`` over the
@@ -13,8 +14,8 @@ The toy sources (``linear2d``, ``xor``, ``function1d``) are generated, as in the
 
 This module is the one to import for data: it holds the toy and MNIST sources, ``load_data`` and
 ``data_root``, and re-exports the rest. The layers, lowest first (no module imports a higher one):
-``dlcli.data_core`` (registry, ``Split``, ``DataBundle``) and ``dlcli.download`` (torchvision's downloads,
-or one line saying where to put the files) <- ``dlcli.data_images`` (image folders: scanning, decoding, the
+``dlcli.data_core`` (registry, ``Split``, ``DataBundle``) and ``dlcli.download`` (the downloads, or one line
+saying where to put the files) <- ``dlcli.data_images`` (image folders: scanning, decoding, the
 cache; registers ``imagefolder``) <- ``dlcli.data_cifar`` (CIFAR-10 from the original batches or image
 folders; registers ``cifar10``) <- ``dlcli.data`` (imports them at the top, so importing it registers every
 built-in source before ``load_data`` or a recipe check looks one up).
@@ -43,7 +44,7 @@ from dlcli.data_images import (  # noqa: F401  (re-exported: `from dlcli.data im
     imagefolder,
     scan_image_folder,
 )
-from dlcli.download import torchvision_dataset
+from dlcli.download import fetch_idx
 from dlcli.errors import DlcliError, UsageError
 
 
@@ -137,11 +138,11 @@ def function1d(root: Path, seed: int, *, fn: str = "sin_mix", n_train: int = 512
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def _torchvision_dataset(cls_name: str, folder: str, root: Path, train: bool) -> Any:
-    """Open a torchvision dataset, downloading when missing; offline -> one clear sentence, within seconds."""
-    return torchvision_dataset(cls_name, root, folder, f"put the files {', '.join(_MNIST_FILES)} in "
-                               f"{root / folder / 'raw'}, or point --data-dir or DLCLI_DATA at a folder that has "
-                               f"{folder}/raw/", train=train)
+def _fetch_idx(cls_name: str, folder: str, root: Path) -> None:
+    """Download the IDX files missing from ``root/folder/raw``; offline -> one clear sentence, within seconds."""
+    raw = root / folder / "raw"
+    fetch_idx(cls_name, raw, folder, f"put the files {', '.join(_MNIST_FILES)} in {raw}, or point --data-dir or "
+              f"DLCLI_DATA at a folder that has {folder}/raw/")
 
 
 def class_balanced(y: torch.Tensor, labels: int, num_classes: int, seed: int) -> torch.Tensor:
@@ -192,13 +193,12 @@ def read_idx(path: Path) -> torch.Tensor:
 
 def _idx_split(source: str, folder: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of one split, read straight from ``root/folder/raw``;
-    missing files go through torchvision (which downloads them, or says where to put them)."""
+    missing files are downloaded first (or one line says where to put them)."""
     prefix = "train" if train else "t10k"
     raw = root / folder / "raw"
     images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
     if not (images.is_file() and labels.is_file()):
-        ds = _torchvision_dataset(source, folder, root, train)
-        return ds.data, ds.targets.long()
+        _fetch_idx(source, folder, root)
     x, y = read_idx(images), read_idx(labels).long()
     if x.dim() != 3 or y.dim() != 1 or len(x) != len(y) or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < 10):
         raise DlcliError(f"{images.name} and {labels.name} in {images.parent} do not belong together "
@@ -237,10 +237,11 @@ def _idx_images(source: str, folder: str, root: Path, seed: int, val_size: int, 
     bundle = DataBundle("images", train, val, test, num_classes=len(classes), class_names=list(classes),
                         input_shape=(1, 28, 28), mean=(mean,), std=(std,), extra=extra)
     if not in_memory:
+        import torchvision.datasets as tvd
         from torchvision import transforms
 
-        tds = _torchvision_dataset(source, folder, root, train=True)
-        tds.transform = transforms.PILToTensor()
+        # the files are there (read above); torchvision's dataset decodes one image at a time from them
+        tds = getattr(tvd, source)(root=str(root), train=True, download=False, transform=transforms.PILToTensor())
         bundle.train_dataset = torch.utils.data.Subset(tds, _train_indices(len(x), val_size, seed)[:train_size])
     return bundle
 

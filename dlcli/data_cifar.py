@@ -11,7 +11,7 @@ source, read from whichever copy a user has, as uint8 tensors (N, 3, 32, 32) hel
   of this kind, which costs airbench about 3 points of accuracy (benchmarks/RESULTS.md); runs on it say so.
 - ``files: auto`` (the default) reads the original when ``cifar-10-batches-py/`` is there, else the image
   folders when they are there, else the original's tarball ``cifar-10-python.tar.gz`` when it is there
-  (extracted once), else downloads that tarball (163 MB, torchvision's downloader) and reads it. Without a network
+  (extracted once), else downloads that tarball (163 MB, ``dlcli.download.stream``) and reads it. Without a network
   the error is one sentence saying which files to put where.
 
 Layering: imports ``dlcli.data_core``, ``dlcli.data_images`` (scanning, decoding, the cache) and
@@ -44,7 +44,7 @@ from dlcli.data_images import (
     decode_images,
     scan_image_folder,
 )
-from dlcli.download import guarded
+from dlcli.download import guarded, stream
 from dlcli.errors import DlcliError, UsageError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, of the training pixels in [0, 1]
@@ -318,21 +318,11 @@ def _extract(root: Path) -> str:
 
 
 def _download(root: Path, hint: str) -> str:
-    """Download the tarball (torchvision's downloader, MD5 checked) to a temporary name, rename it, extract it.
-    Called with ``_fetch_lock`` held."""
-    from torchvision.datasets.utils import download_url
-
+    """Download the tarball (to a temporary name, MD5 checked, then renamed), then extract it. Called with
+    ``_fetch_lock`` held."""
     t0 = time.perf_counter()
-    part = f".{TARBALL}.{os.getpid()}.part"
-
-    def fetch() -> None:
-        download_url(TARBALL_URL, str(root), part, TARBALL_MD5)
-        os.replace(root / part, root / TARBALL)
-
-    try:
-        guarded([TARBALL_URL], f"CIFAR-10 not found under {root}", hint, fetch)
-    finally:
-        (root / part).unlink(missing_ok=True)
+    guarded([TARBALL_URL], f"CIFAR-10 not found under {root}", hint,
+            lambda: stream(TARBALL_URL, root / TARBALL, md5=TARBALL_MD5))
     note = f"CIFAR-10 downloaded into {root / TARBALL} in {time.perf_counter() - t0:.0f} s"
     return f"{note}; {_extract(root)}"
 

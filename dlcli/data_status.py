@@ -8,7 +8,7 @@ Inspecting reads no image: file names and sizes for MNIST's IDX files, the publi
 CIFAR-10 batch (``dlcli.data_cifar.original_problem``, what training checks too), a count of the image files
 of CIFAR-10's image folders, the SHA-256 prefix that a weights file's name carries. Fetching data goes
 through the data sources themselves (``dlcli.data.load_data``), so it downloads exactly what a run would;
-weights are the files torchvision's ``Weights`` enums name, downloaded as torch.hub does.
+weights are the files torchvision's ``Weights`` enums name, downloaded into the torch hub cache (``dlcli.download.fetch_file``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""Downloading a public data set through torchvision, or saying in one sentence where to put its files.
+"""Downloading a public data set or weights file, or saying in one sentence where to put its files.
 
-torchvision's downloaders are the real ones (users have a network); this module adds what they lack for a
-command line: a quick probe, so that a machine without a network fails within seconds instead of stalling
-in name resolution; a socket timeout, so that a stalled transfer fails instead of hanging; stdout kept clean
-for ``--json`` (torchvision prints its progress there); and one clear line when it cannot work.
+``stream`` is dlcli's one downloader (a data set's files, CIFAR-10's tarball, torchvision's weights): it
+streams a URL into a temporary file beside its destination, hashes it on the way (the MD5 or SHA-256 prefix
+its publisher gives), and renames it into place only when complete and correct, so an interrupted or damaged
+download never looks like data. Progress goes to stderr through ``progress_display``, which the command line
+sets to a rich bar (``dlcli.report.download_bar``). Around it, ``guarded`` adds what a command line needs: a
+quick probe, so that a machine without a network fails within seconds instead of stalling in name
+resolution; a socket timeout, so that a stalled transfer fails instead of hanging; and one clear line when
+it cannot work.
 
 The bottom of the data modules with ``dlcli.data_core``: it imports neither them nor torch at module level.
 """
@@ -11,17 +15,24 @@ The bottom of the data modules with ``dlcli.data_core``: it imports neither them
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from dlcli.errors import DlcliError
 
 PROBE_TIMEOUT_S = 5.0  # longest wait for any download server to accept a connection
 DOWNLOAD_TIMEOUT_S = 60.0  # socket timeout while downloading (a stalled transfer fails instead of hanging)
+CHUNK = 1 << 20  # bytes read, hashed and written at a time
 T = TypeVar("T")
+
+#: ``(label, total bytes or None) -> context manager yielding advance(bytes)``: shows a download's progress.
+#: None (dlcli used as a library): nothing is shown. The command line sets ``dlcli.report.download_bar``.
+progress_display: Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]] | None = None
 
 
 def any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -69,15 +80,9 @@ def socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def download_urls(cls: Any) -> list[str]:
-    """The servers a torchvision dataset class downloads from: its ``mirrors`` (MNIST), else its ``url``."""
-    mirrors = list(getattr(cls, "mirrors", []) or [])
-    return mirrors or ([cls.url] if isinstance(getattr(cls, "url", None), str) else [])
-
-
 def guarded(urls: list[str], failure: str, hint: str, action: Callable[[], T]) -> T:
-    """Run the download ``action`` when a server of ``urls`` answers, with a socket timeout and torchvision's
-    and torch.hub's progress output kept off stdout; otherwise, or when it fails, one ``DlcliError`` line:
+    """Run the download ``action`` when a server of ``urls`` answers, with a socket timeout and stdout kept
+    clean for ``--json`` (anything printed goes to stderr); otherwise, or when it fails, one ``DlcliError`` line:
     "<failure> and <reason>; <hint>" (``failure`` says what is not there, ``hint`` which files to put where)."""
     reason = None if any_reachable(urls) else "no network: none of its download servers answered"
     if reason is None:
@@ -86,22 +91,95 @@ def guarded(urls: list[str], failure: str, hint: str, action: Callable[[], T]) -
                 return action()
         except Exception as e:
             first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            reason = f"the download failed: {first[:120]}"
+            reason = f"the download failed: {first[:200]}"
     raise DlcliError(f"{failure} and {reason}; {hint}")
 
 
-def torchvision_dataset(cls_name: str, root: Path, what: str, hint: str, **kwargs: Any) -> Any:
-    """``torchvision.datasets.<cls_name>(root, **kwargs)``, downloaded into ``root`` when missing (one line
-    "<what> not found under <root> and <reason>; <hint>" when that cannot be done)."""
+class DownloadError(Exception):
+    """A download that arrived but is not the published file (cut short, or another hash)."""
+
+
+def stream(url: str, dest: Path, *, md5: str | None = None, sha256_prefix: str | None = None) -> None:
+    """Download ``url`` to ``dest``: streamed into ``.<name>.<pid>.part`` beside it while its MD5 or SHA-256 is
+    computed, checked against ``md5`` / ``sha256_prefix`` (and against the length the server announced), and
+    only then renamed to ``dest`` (replacing what was there). Anything wrong raises; nothing is left behind."""
+    import hashlib
+    import urllib.request
+
+    from dlcli import __version__
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    digest = hashlib.md5(usedforsecurity=False) if md5 else hashlib.sha256() if sha256_prefix else None
+    request = urllib.request.Request(url, headers={"User-Agent": f"dlcli/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            show = progress_display or _no_display
+            got = 0
+            with open(part, "wb") as f, show(f"{dest.name}", total) as advance:
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+                    got += len(chunk)
+                    advance(len(chunk))
+                if total is not None and got != total:  # inside the display: a failure is not "downloaded"
+                    raise DownloadError(f"{url} was cut short ({got:,} of {total:,} bytes)")
+                if digest is not None:
+                    want, have = (md5 or sha256_prefix or "").lower(), digest.hexdigest()
+                    if not want or not have.startswith(want):
+                        kind = "MD5" if md5 else "SHA-256"
+                        raise DownloadError(f"{url} is not the published file (its {kind} is "
+                                            f"{have[:max(len(want), 8)]}, expected {want})")
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _no_display(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
+def fetch_idx(cls_name: str, raw: Path, what: str, hint: str) -> None:
+    """Download the four IDX files of torchvision's ``cls_name`` (MNIST, FashionMNIST) into ``raw``, as torchvision
+    would: each ``.gz`` from its first mirror that serves it, MD5 checked, then unpacked beside it. Only the files
+    not there yet are fetched. Offline or failing: one line "<what> not found under <raw> and <reason>; <hint>"."""
+    import gzip
+    import http.client
+    import shutil
+
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
-    try:
-        return cls(root=str(root), download=False, **kwargs)
-    except RuntimeError:
-        pass  # not there yet (or damaged): try the real download below
-    return guarded(download_urls(cls), f"{what} not found under {root}", hint,
-                   lambda: cls(root=str(root), download=True, **kwargs))
+    mirrors: list[str] = list(cls.mirrors)
+
+    def download() -> None:
+        for filename, md5 in cls.resources:
+            target = raw / filename.removesuffix(".gz")
+            if target.is_file():
+                continue
+            packed = raw / filename
+            errors = []
+            for mirror in mirrors:
+                try:
+                    stream(mirror + filename, packed, md5=md5)
+                    break
+                except (OSError, http.client.HTTPException, DownloadError) as e:  # urllib's errors are OSErrors
+                    errors.append(f"{mirror}: {e}")
+            else:  # the first mirror's error first: it is the main server
+                raise DownloadError(f"{filename}: " + "; ".join(errors))
+            unpacked = target.with_name(f".{target.name}.{os.getpid()}.part")
+            try:
+                with gzip.open(packed, "rb") as src, open(unpacked, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+                os.replace(unpacked, target)
+            finally:
+                unpacked.unlink(missing_ok=True)
+
+    guarded(mirrors, f"{what} not found under {raw}", hint, download)
 
 
 def hub_checkpoint(url: str) -> Path:
@@ -125,13 +203,10 @@ def hash_prefix(path: Path) -> str | None:
 
 
 def fetch_file(url: str, dest: Path, what: str, hint: str) -> None:
-    """Download ``url`` to ``dest`` as torch.hub does (a temporary file renamed when complete, its SHA-256
-    checked against the prefix in its name), replacing a damaged file there; offline or failing, one line."""
-    import torch.hub
-
+    """Download ``url`` to ``dest`` as torch.hub would (its SHA-256 checked against the prefix in its name),
+    replacing a damaged file there; offline or failing, one line."""
     def download() -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(dest), hash_prefix(dest), progress=True)
+        stream(url, dest, sha256_prefix=hash_prefix(dest))
 
     state = "is damaged" if dest.exists() else "not found"
     guarded([url], f"{what} {state} at {dest}", hint, download)

@@ -214,14 +214,14 @@ def serving(tar: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_the_original_is_downloaded_when_missing(cli, tmp_path, monkeypatch):
-    """The real download path: torchvision fetches the tarball over HTTP (here from a local server), checks and
-    extracts it, and a run trains on it; stdout stays one JSON document (torchvision before 0.2x printed its
-    progress there; dlcli sends whatever it prints to stderr)."""
+    """The real download path: dlcli fetches the tarball over HTTP (here from a local server), checks and
+    extracts it, and a run trains on it; stdout stays one JSON document (the download's lines go to stderr)."""
     root = tmp_path / "data"
     with serving(_tarball(tmp_path, monkeypatch), monkeypatch):
         res = cli("train", "resnet20-cifar10", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                   "--data-dir", str(root), "--set", "data.args.val_size=4", "--out", str(tmp_path / "run"), "--json")
     assert res.code == 0, res.err
+    assert f"downloading {dc.TARBALL} (" in res.err and f"downloaded {dc.TARBALL}: " in res.err
     header = res.json()["header"]  # stdout held the JSON document and nothing else
     assert header["train_samples"] == 5 * PER_BATCH - 4
     assert any(n.startswith(f"CIFAR-10 downloaded into {root / dc.TARBALL}") and "extracted" in n for n in header["notes"])

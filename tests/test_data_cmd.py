@@ -118,7 +118,9 @@ def test_imagenet_weights_are_found_fetched_and_checked(cli, tmp_path, monkeypat
     with http_server(served, monkeypatch) as base:
         monkeypatch.setattr(dlcli.data_status, "weights_url", lambda n: f"{base}/alexnet-owt-00000000.pth")
         bad = cli("data", "alexnet-imagenet", "--download")
-        assert bad.code == 1 and "the download failed: invalid hash value" in bad.err
+        assert bad.code == 1 and (f"the download failed: {base}/alexnet-owt-00000000.pth is not the published file (its "
+                                  f"SHA-256 is {hashlib.sha256(payload).hexdigest()[:8]}, expected 00000000)") in bad.err
+        assert "downloaded" not in bad.err  # the bar's closing line is for a file that arrived whole
         assert not empty_hub.exists() or not any(empty_hub.iterdir())  # nothing half-written left behind
         monkeypatch.setattr(dlcli.data_status, "weights_url", lambda n: f"{base}/{name}")
         res = cli("data", "alexnet-imagenet", "--download", "--json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from dlcli.config import check_expectation, load_recipe, parse_expectation
 from dlcli.errors import DlcliError, UsageError
 from dlcli.models.lenet import lenet5
 from dlcli.runtime import Runtime
-
 
 # ------------------------------------------------------------------------------------------------ model
 
@@ -148,6 +146,20 @@ def test_the_idx_reader_gives_torchvisions_tensors_and_class_names(data_dir):
         assert IDX_CLASSES[name] == [c.split(" - ")[-1] for c in ref.classes]
 
 
+def test_not_in_memory_the_loader_serves_the_same_training_images(data_dir):
+    """``in_memory: false`` reads the training images one by one through torchvision's MNIST (its own IDX reader
+    and PIL), in the same seeded order as the in-memory split that dlcli's reader gives."""
+    from dlcli.data import load_data
+
+    args = {"val_size": 5000, "train_size": 300}
+    held, streamed = load_data("mnist", args, data_dir, seed=3), load_data("mnist", {**args, "in_memory": False},
+                                                                            data_dir, seed=3)
+    assert len(streamed.train_dataset) == 300
+    for i in (0, 1, 299):
+        image, label = streamed.train_dataset[i]
+        assert torch.equal(image, held.train.x[i]) and label == int(held.train.y[i])
+
+
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "has 1,000 bytes where its header promises 47,040,016 (truncated or corrupt)"),
     ("foreign", "is not an IDX file of unsigned bytes"),
@@ -175,39 +187,39 @@ def test_a_damaged_idx_file_is_one_clear_line(cli, data_dir, tmp_path, damage, m
 
 
 def test_missing_mnist_offline_is_one_clear_sentence(cli, tmp_path, monkeypatch):
+    """A network whose MNIST mirrors do not serve the files (a local server answering 404): every mirror is
+    tried, and the error is one line naming the folder and the four files to put there."""
     import torchvision.datasets
+    from test_cifar_original import http_server
 
-    import dlcli.data
-    import dlcli.download
-
-    def no_download(self):  # torchvision's own error when every mirror fails
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...")
-
-    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: True)  # pretend a network...
-    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_download)  # ...that fails
-    res = cli("train", "lenet", "--data-dir", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "run"))
+    (tmp_path / "served").mkdir()
+    with http_server(tmp_path / "served", monkeypatch) as base:
+        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{base}/first/", f"{base}/second/"])
+        res = cli("train", "lenet", "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--out",
+                  str(tmp_path / "run"))
     err = res.err
     assert res.code == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: MNIST not found under")
-    assert str(tmp_path / "MNIST" / "raw") in err
+    assert f"the download failed: train-images-idx3-ubyte.gz: {base}/first/: HTTP Error 404" in err
+    assert f"{base}/second/: HTTP Error 404" in err
+    assert str(tmp_path / "data" / "MNIST" / "raw") in err
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         assert name in err
     assert not (tmp_path / "run").exists()  # no half-made run folder
+    assert not any(p.is_file() for p in (tmp_path / "data").rglob("*"))  # nothing half-written
 
 
 def test_without_a_network_no_download_is_attempted(tmp_path, monkeypatch):
-    import torchvision.datasets
-
     import dlcli.data
     import dlcli.download
 
-    def must_not_download(self):
+    def must_not_download(*args, **kwargs):
         raise AssertionError("download attempted although no server answered")
 
     monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
-    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", must_not_download)
+    monkeypatch.setattr(dlcli.download, "stream", must_not_download)
     with pytest.raises(DlcliError, match=r"FashionMNIST not found .* no network.*FashionMNIST[/\\]raw"):
         dlcli.data.load_data("fashion-mnist", {}, tmp_path, seed=0)
 
@@ -231,17 +243,16 @@ def test_unreachable_server_probe_gives_up_quickly(monkeypatch):
 
 
 def test_download_error_is_not_swallowed_for_urllib(tmp_path, monkeypatch):
+    """urllib's own error (a refused connection) reaches the line, after the probe said a server answers."""
     import torchvision.datasets
 
     import dlcli.data
     import dlcli.download
 
-    def offline(self):
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
-
     monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: True)
-    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
-    with pytest.raises(DlcliError, match="download failed: <urlopen error"):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:1/"])  # nothing listens there
+    with pytest.raises(DlcliError, match=r"download failed: train-images-idx3-ubyte.gz: http://127.0.0.1:1/: "
+                                         r"<urlopen error"):
         dlcli.data.load_data("mnist", {}, tmp_path, seed=0)
 
 

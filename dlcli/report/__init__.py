@@ -7,15 +7,20 @@ tests can replace them with recording consoles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, Iterable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
 
 def _console(stderr: bool) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -102,3 +107,39 @@ def note(message: str) -> None:
 
 def error_line(message: str) -> None:
     err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def download_bar(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A download's progress on stderr (``dlcli.download.progress_display``): a rich bar with bytes, speed and time
+    left on a terminal; otherwise (a log file, a job's output) one line when it starts and one when it ends.
+    Yields ``advance(bytes)``."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    if not err.is_terminal:
+        t0, done = time.perf_counter(), [0]
+        note(f"downloading {label} ({_bytes(total) if total is not None else 'size unknown'})")
+        yield lambda n: done.__setitem__(0, done[0] + n)
+        dt = max(time.perf_counter() - t0, 1e-6)
+        note(f"downloaded {label}: {_bytes(done[0])} in {dt:.1f} s ({_bytes(done[0] / dt)}/s)")
+        return
+    with Progress(TextColumn("[bold]downloading {task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(escape(label), total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _bytes(n: float) -> str:
+    """``1234567`` -> ``1.2 MB`` (decimal units, as rich's download column)."""
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"

@@ -1,0 +1,155 @@
+"""dlcli's downloader (``dlcli.download.stream``, ``fetch_idx``) over real HTTP from local servers: MNIST's real
+files arrive byte for byte from the first mirror that serves them; a file cut short or not the published one
+(MD5, SHA-256 prefix) raises and leaves nothing behind, under its name or a temporary one; progress is a rich
+bar on a terminal and a line per file otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torchvision.datasets
+from rich.console import Console
+from test_cifar_original import http_server
+
+import dlcli.download
+from dlcli import report
+from dlcli.download import DownloadError, stream
+
+IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.fixture(scope="module")
+def mnist_gz(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str]]]:
+    """The real MNIST IDX files gzipped into a folder to serve, and their (name, MD5) list as torchvision's
+    ``MNIST.resources`` gives it for the published ``.gz`` files (these are gzipped here, so their MD5s differ)."""
+    served = tmp_path_factory.mktemp("mirror")
+    resources = []
+    for name in IDX:
+        packed = gzip.compress((data_dir / "MNIST" / "raw" / name).read_bytes(), compresslevel=1)
+        (served / f"{name}.gz").write_bytes(packed)
+        resources.append((f"{name}.gz", hashlib.md5(packed).hexdigest()))
+    return served, resources
+
+
+def test_mnist_arrives_whole_from_the_first_mirror_that_serves_it(cli, mnist_gz, data_dir, tmp_path, monkeypatch):
+    """``dlcli data mnist --download`` through the real downloader: the first mirror answers 404, the second
+    serves; the four unpacked files equal the originals byte for byte, each announced on stderr, and stdout
+    stays one JSON document."""
+    served, resources = mnist_gz
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    root = tmp_path / "data"
+    with http_server(served.parent, monkeypatch) as base:
+        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{base}/nowhere/", f"{base}/{served.name}/"])
+        res = cli("data", "mnist", "--download", "--data-dir", str(root), "--json")
+    assert res.code == 0, res.err
+    row = {r["name"]: r for r in res.json()["data_sets"]}["mnist"]
+    assert res.json()["fetched"] == ["mnist"] and row["state"] == "found"
+    raw = root / "MNIST" / "raw"
+    for name in IDX:
+        assert (raw / name).read_bytes() == (data_dir / "MNIST" / "raw" / name).read_bytes(), name
+        size = (served / f"{name}.gz").stat().st_size
+        assert f"downloading {name}.gz ({size / 1e6:,.1f} MB)" in res.err or f"downloading {name}.gz ({size / 1e3:,.1f} kB)" in res.err
+    assert not [p.name for p in raw.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_only_the_missing_files_are_fetched(mnist_gz, data_dir, tmp_path, monkeypatch):
+    served, resources = mnist_gz
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in IDX[:3]:
+        (raw / name).write_bytes((data_dir / "MNIST" / "raw" / name).read_bytes())
+    fetched = []
+    real = dlcli.download.stream
+    monkeypatch.setattr(dlcli.download, "stream", lambda url, dest, **kw: (fetched.append(dest.name), real(url, dest, **kw)))
+    with http_server(served, monkeypatch) as base:
+        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{base}/"])
+        dlcli.download.fetch_idx("MNIST", raw, "MNIST", "put them there")
+    assert fetched == ["t10k-labels-idx1-ubyte.gz"]
+    assert (raw / IDX[3]).read_bytes() == (data_dir / "MNIST" / "raw" / IDX[3]).read_bytes()
+
+
+def test_a_file_that_is_not_the_published_one_is_refused_and_removed(tmp_path, monkeypatch):
+    payload = b"not the file you are looking for" * 100
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "f.bin").write_bytes(payload)
+    dest = tmp_path / "out" / "f.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(b"an older damaged copy")
+    with http_server(tmp_path / "served", monkeypatch) as base:
+        with pytest.raises(DownloadError, match=rf"{base}/f.bin is not the published file \(its MD5 is "
+                                                rf"{hashlib.md5(payload).hexdigest()}, expected 0123456789abcdef0123456789abcdef\)"):
+            stream(f"{base}/f.bin", dest, md5="0123456789abcdef0123456789abcdef")
+        assert dest.read_bytes() == b"an older damaged copy"  # not replaced by another wrong file
+        with pytest.raises(DownloadError, match=r"its SHA-256 is [0-9a-f]{8}, expected 00000000"):
+            stream(f"{base}/f.bin", dest, sha256_prefix="00000000")
+        assert [p.name for p in dest.parent.iterdir()] == ["f.bin"]  # no temporary file left
+        stream(f"{base}/f.bin", dest, md5=hashlib.md5(payload).hexdigest())  # the right sum: replaced
+        assert dest.read_bytes() == payload
+        stream(f"{base}/f.bin", dest, sha256_prefix=hashlib.sha256(payload).hexdigest()[:8])
+    assert dest.read_bytes() == payload and [p.name for p in dest.parent.iterdir()] == ["f.bin"]
+
+
+@contextlib.contextmanager
+def short_server(payload: bytes, announced: int) -> Iterator[str]:
+    """Serves ``payload`` while announcing ``announced`` bytes, then closes: a transfer cut short."""
+
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(announced))
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/x.bin"
+    finally:
+        server.shutdown()
+
+
+def test_a_transfer_cut_short_is_refused_even_without_a_sum(tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    dest = tmp_path / "x.bin"
+    with short_server(b"x" * 1000, announced=5000) as url, pytest.raises(DownloadError, match=r"cut short \(1,000 of 5,000 bytes\)"):
+        stream(url, dest)
+    assert not any(tmp_path.iterdir())
+
+
+def _recorded(terminal: bool) -> Console:
+    return Console(file=io.StringIO(), force_terminal=terminal, width=120, color_system=None, highlight=False)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_two_lines_in_a_log(tmp_path, monkeypatch):
+    payload = bytes(range(256)) * 4000  # 1.0 MB
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "w.pth").write_bytes(payload)
+    monkeypatch.setattr(dlcli.download, "progress_display", report.download_bar)
+    with http_server(tmp_path / "served", monkeypatch) as base:
+        for terminal in (False, True):
+            console = _recorded(terminal)
+            monkeypatch.setattr(report, "err", console)
+            stream(f"{base}/w.pth", tmp_path / str(terminal) / "w.pth")
+            text = console.file.getvalue()
+            if terminal:
+                assert "downloading w" in text and "1.0/1.0 MB" in text, text  # rich's bar: bytes of total
+            else:
+                lines = text.strip().splitlines()
+                assert lines[0] == "downloading w.pth (1.0 MB)" and len(lines) == 2, lines
+                assert lines[1].startswith("downloaded w.pth: 1.0 MB in ") and lines[1].endswith("MB/s)")
