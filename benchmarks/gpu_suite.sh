@@ -10,6 +10,7 @@
 #   benchmarks/gpu_suite.sh --part all   --out DIR           # the three, one after the other
 #   benchmarks/gpu_suite.sh --part precision --out DIR       # optional: alexnet/resnet18-cifar10 again in fp32
 #   benchmarks/gpu_suite.sh --part lanes --out DIR           # <= ~9 min: full recipes side by side (see run_lanes)
+#   benchmarks/gpu_suite.sh --part scaling --out DIR         # 2+ GPUs: resnet18-cifar10 on 1, 2, 4, ... GPUs (DDP)
 #   benchmarks/gpu_suite.sh --dry --out /tmp/suite           # CPU, tiny sizes: checks the script itself (CI)
 #
 # Data: DLCLI_DATA (or --data DIR) must hold MNIST/raw for part mnist and CIFAR-10 for part cifar (the original
@@ -39,8 +40,8 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_suite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$PART" in mnist|cifar|cifar2|all|precision|lanes) ;;
-  *) echo "gpu_suite.sh: --part must be mnist, cifar, cifar2, all, precision or lanes" >&2; exit 2 ;; esac
+case "$PART" in mnist|cifar|cifar2|all|precision|lanes|scaling) ;;
+  *) echo "gpu_suite.sh: --part must be mnist, cifar, cifar2, all, precision, lanes or scaling" >&2; exit 2 ;; esac
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO" || exit 1
@@ -207,6 +208,11 @@ def headline(s, data):
         base = med.get("baseline")
         return "; ".join(f"{k} {v:,.0f} img/s" + (f" ({v / base:.2f}x)" if base and k != "baseline" else "")
                          for k, v in med.items())
+    if isinstance(data, dict) and data.get("scaling") and isinstance(data.get("table"), list):
+        f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "-"
+        return (f"{data['recipe']}, {data['scaling']} scaling on {data.get('device_name')}: " + "; ".join(
+            f"{r['nproc']}x b{r['batch_per_process']}: {f(r['images_per_s'], ',.0f')} img/s, efficiency "
+            f"{f(r['efficiency'], '.2f')}" for r in data["table"]))
     if isinstance(data, dict) and "tta_mean" in data:
         return (f"{data['script']} on the JPEG copy, {len(data['runs'])} runs: {data['tta_mean']:.2%} ± {data['tta_std']:.2%} "
                 f"with its TTA, {data['plain_mean'] or float('nan'):.2%} without; published {data.get('published_mean', float('nan')):.2%} "
@@ -408,6 +414,36 @@ run_precision() {
   step cifar_resnet18_fp32_tta94 240 "${tta[@]}" --recipe resnet18-cifar10
 }
 
+# Part scaling (a machine with 2 or more GPUs): resnet18-cifar10 for SCALING_EPOCHS (3) epochs on 1, 2, 4, ...
+# and all of its GPUs, torchrun + DDP over NCCL, weak scaling (each GPU keeps the recipe's batch of 512):
+# steady epoch time, training images/s and scaling efficiency = images/s(N) / (N x images/s(1)), with the
+# accuracy curves beside (benchmarks/cifar_ddp_curve.py). With one GPU it records why it skipped.
+run_scaling() {
+  PART_T0=$(date +%s)
+  local gpus counts="" n=2 sets=(--set "epochs=${SCALING_EPOCHS:-3}") data_args=() recipe="${SCALING_RECIPE:-resnet18-cifar10}"
+  if [ "$DRY" = 1 ]; then  # the plumbing on the CPU: 2 gloo processes, a generated folder, 2 tiny epochs
+    gpus=2
+    recipe=resnet20-cifar10
+    make_mini_cifar "$WORK/data"
+    data_args=(--data-dir "$WORK/data")
+    sets=(--set epochs=2 --set batch_size=8 --set data.args.train_size=64 --set data.args.val_size=16
+          --set data.args.test_size=16)
+  else
+    gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  fi
+  if [ "${gpus:-0}" -lt 2 ]; then
+    printf '{"name": "ddp_scaling", "status": "skipped", "seconds": 0, "note": "%s GPU(s): scaling needs 2 or more"}\n' \
+      "${gpus:-0}" >> "$STEPS"
+    echo "[gpu_suite] ddp_scaling: skipped (${gpus:-0} GPU)" >&2
+    summarize
+    return 0
+  fi
+  while [ "$n" -lt "$gpus" ]; do counts="$counts$n,"; n=$(( n * 2 )); done
+  counts="$counts$gpus"
+  step ddp_scaling 900 "$PY" benchmarks/cifar_ddp_curve.py --device "$DEV" --nproc "$counts" --scaling weak \
+    --recipe "$recipe" "${data_args[@]}" "${sets[@]}" --json
+}
+
 # Part lanes: full-budget runs side by side, as concurrent processes on one GPU; their *accuracies* are what
 # they measure, their times are not solo figures. Measured on an H200 (2026-11-26): with all six lanes, each
 # CIFAR lane ran 2.6x slower than alone (resnet20: 9 s/epoch against 3.5), so the GPU did about 2.3x the work
@@ -584,6 +620,7 @@ case "$PART" in
   cifar2) CIFAR_SET=2 run_cifar ;;
   all) run_mnist; CIFAR_SET=1 run_cifar; CIFAR_SET=2 run_cifar ;;
   precision) run_precision ;;
+  scaling) run_scaling ;;
 esac
 summarize final
 echo

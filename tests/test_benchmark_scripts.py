@@ -1,7 +1,8 @@
 """Small benchmark scripts, checked without training: benchmarks/precision_twins.py's gaps between training curves
 (against values worked out by hand, from each of the three files it reads), and the target that
-benchmarks/cifar_time_to_accuracy.py times by default (the recipe's own expectation), and what
-benchmarks/cifar_throughput.py --ops counts as one ATen call."""
+benchmarks/cifar_time_to_accuracy.py times by default (the recipe's own expectation), what
+benchmarks/cifar_throughput.py --ops counts as one ATen call, and benchmarks/cifar_ddp_curve.py's scaling
+efficiency (worked out by hand)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,19 @@ def test_aten_calls_counts_what_python_calls_not_what_runs_inside():
             torch.nn.functional.linear(x, w).add_(1)  # linear runs t and addmm inside: one call
             x.to(torch.float32)  # a no-op, still one pass through the dispatcher
     assert thr.aten_calls(prof) == {"aten::linear": 3, "aten::add_": 3, "aten::to": 3}
+
+
+def test_scaling_efficiency_of_n_processes_against_one():
+    ddp = _script("cifar_ddp_curve")
+    header = {"train_samples": 45000}
+    runs = [{"nproc": 1, "batch_size": 512, "header": header, "final": {"epoch_time_s": 10.0, "first_epoch_s": 30.0}},
+            {"nproc": 2, "batch_size": 1024, "header": header, "final": {"epoch_time_s": 5.5, "first_epoch_s": 20.0}},
+            {"nproc": 4, "batch_size": 2048, "header": header, "final": {"epoch_time_s": None, "first_epoch_s": 4.0}}]
+    table = ddp.scaling(runs)
+    assert [r["batch_per_process"] for r in table] == [512, 512, 512]
+    assert [r["images_per_s"] for r in table] == pytest.approx([4500.0, 45000 / 5.5, 11250.0])
+    # 45000/5.5 images/s on 2 processes against 2 x 4500: 0.909; 11250 on 4 against 4 x 4500: 0.625
+    assert [r["efficiency"] for r in table] == pytest.approx([1.0, 45000 / 5.5 / 9000, 0.625])
+    assert [r["steady"] for r in table] == [True, True, False]  # one epoch only: its first (compiled) epoch
+    assert ddp._sets_for(4, ["epochs=3"], True, 512) == ["epochs=3", "batch_size=2048"]  # weak: batch x N
+    assert ddp._sets_for(4, ["epochs=3"], False, None) == ["epochs=3"]  # strong: the recipe's global batch
