@@ -141,8 +141,8 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
 def _fetch_idx(cls_name: str, folder: str, root: Path) -> None:
     """Download the IDX files missing from ``root/folder/raw``; offline -> one clear sentence, within seconds."""
     raw = root / folder / "raw"
-    fetch_idx(cls_name, raw, folder, f"put the files {', '.join(_MNIST_FILES)} in {raw}, or point --data-dir or "
-              f"DLCLI_DATA at a folder that has {folder}/raw/")
+    fetch_idx(cls_name, raw, folder, f"put the files {', '.join(_MNIST_FILES)} (or the .gz files they come in) in "
+              f"{raw}, or point --data-dir or DLCLI_DATA at a folder that has {folder}/raw/")
 
 
 def class_balanced(y: torch.Tensor, labels: int, num_classes: int, seed: int) -> torch.Tensor:

@@ -146,40 +146,55 @@ def _no_display(label: str, total: int | None) -> Iterator[Callable[[int], None]
 def fetch_idx(cls_name: str, raw: Path, what: str, hint: str) -> None:
     """Download the four IDX files of torchvision's ``cls_name`` (MNIST, FashionMNIST) into ``raw``, as torchvision
     would: each ``.gz`` from its first mirror that serves it, MD5 checked, then unpacked beside it. Only the files
-    not there yet are fetched. Offline or failing: one line "<what> not found under <raw> and <reason>; <hint>"."""
-    import gzip
+    not there yet are fetched; a ``.gz`` already there with the published MD5 (placed by hand, or left by an
+    interrupted run) is unpacked without a network. Offline or failing: one line "<what> not found under <raw>
+    and <reason>; <hint>"."""
+    import hashlib
     import http.client
-    import shutil
 
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
     mirrors: list[str] = list(cls.mirrors)
+    pending = []
+    for filename, md5 in cls.resources:
+        target, packed = raw / filename.removesuffix(".gz"), raw / filename
+        if target.is_file():
+            continue
+        if packed.is_file() and hashlib.md5(packed.read_bytes(), usedforsecurity=False).hexdigest() == md5:
+            _gunzip(packed, target)
+        else:
+            pending.append((filename, md5))
 
     def download() -> None:
-        for filename, md5 in cls.resources:
-            target = raw / filename.removesuffix(".gz")
-            if target.is_file():
-                continue
-            packed = raw / filename
+        for filename, md5 in pending:
             errors = []
             for mirror in mirrors:
                 try:
-                    stream(mirror + filename, packed, md5=md5)
+                    stream(mirror + filename, raw / filename, md5=md5)
                     break
                 except (OSError, http.client.HTTPException, DownloadError) as e:  # urllib's errors are OSErrors
                     errors.append(f"{mirror}: {e}")
             else:  # the first mirror's error first: it is the main server
                 raise DownloadError(f"{filename}: " + "; ".join(errors))
-            unpacked = target.with_name(f".{target.name}.{os.getpid()}.part")
-            try:
-                with gzip.open(packed, "rb") as src, open(unpacked, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-                os.replace(unpacked, target)
-            finally:
-                unpacked.unlink(missing_ok=True)
+            _gunzip(raw / filename, raw / filename.removesuffix(".gz"))
 
-    guarded(mirrors, f"{what} not found under {raw}", hint, download)
+    if pending:
+        guarded(mirrors, f"{what} not found under {raw}", hint, download)
+
+
+def _gunzip(packed: Path, target: Path) -> None:
+    """Unpack ``packed`` into ``target`` through a temporary file renamed when complete."""
+    import gzip
+    import shutil
+
+    unpacked = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with gzip.open(packed, "rb") as src, open(unpacked, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+        os.replace(unpacked, target)
+    finally:
+        unpacked.unlink(missing_ok=True)
 
 
 def hub_checkpoint(url: str) -> Path:

@@ -77,6 +77,33 @@ def test_only_the_missing_files_are_fetched(mnist_gz, data_dir, tmp_path, monkey
     assert (raw / IDX[3]).read_bytes() == (data_dir / "MNIST" / "raw" / IDX[3]).read_bytes()
 
 
+def test_placed_gz_files_are_unpacked_without_a_network(mnist_gz, data_dir, tmp_path, monkeypatch):
+    """The .gz files MNIST comes in, placed by hand on a machine without a network: unpacked when their MD5 is the
+    published one, never downloaded; a damaged one is not unpacked, and the line says what to put where."""
+    import shutil
+
+    from dlcli.data import load_data
+    from dlcli.errors import DlcliError
+
+    served, resources = mnist_gz
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
+    monkeypatch.setattr(dlcli.download, "stream", lambda *a, **kw: pytest.fail("a download was attempted"))
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in IDX:
+        shutil.copy(served / f"{name}.gz", raw)
+    (raw / f"{IDX[1]}.gz").write_bytes(gzip.compress(b"damaged"))
+    with pytest.raises(DlcliError, match=r"MNIST not found under .* no network.* \(or the \.gz files they come in\)"):
+        load_data("mnist", {}, tmp_path, seed=0)
+    assert not (raw / IDX[1]).exists()
+    shutil.copy(served / f"{IDX[1]}.gz", raw)
+    bundle = load_data("mnist", {"val_size": 0}, tmp_path, seed=0)
+    assert len(bundle.train) == 60000 and len(bundle.test) == 10000
+    for name in IDX:
+        assert (raw / name).read_bytes() == (data_dir / "MNIST" / "raw" / name).read_bytes(), name
+
+
 def test_a_file_that_is_not_the_published_one_is_refused_and_removed(tmp_path, monkeypatch):
     payload = b"not the file you are looking for" * 100
     (tmp_path / "served").mkdir()
