@@ -58,10 +58,13 @@ def check_names(names: list[str]) -> list[str]:
 def _idx_state(root: Path, folder: str) -> tuple[str, str]:
     raw = root / folder / "raw"
     missing = [f for f in IDX_SIZES if not (raw / f).is_file()]
+    packed = [f"{f}.gz" for f in missing if (raw / f"{f}.gz").is_file()]
+    unpack = (f" ({', '.join(packed)} {'is' if len(packed) == 1 else 'are'} there: --download or a run unpacks "
+              f"{'it' if len(packed) == 1 else 'them'}, MD5 checked)") if packed else ""
     if len(missing) == len(IDX_SIZES):
-        return "missing", f"no IDX files in {raw}"
+        return "missing", f"no IDX files in {raw}{unpack}"
     if missing:
-        return "incomplete", f"{raw}: missing {', '.join(missing)}"
+        return "incomplete", f"{raw}: missing {', '.join(missing)}{unpack}"
     wrong = [f for f, size in IDX_SIZES.items() if (raw / f).stat().st_size != size]
     if wrong:
         return "damaged", f"{raw / wrong[0]} has {(raw / wrong[0]).stat().st_size:,} bytes, not {IDX_SIZES[wrong[0]]:,}"

@@ -77,7 +77,7 @@ def test_only_the_missing_files_are_fetched(mnist_gz, data_dir, tmp_path, monkey
     assert (raw / IDX[3]).read_bytes() == (data_dir / "MNIST" / "raw" / IDX[3]).read_bytes()
 
 
-def test_placed_gz_files_are_unpacked_without_a_network(mnist_gz, data_dir, tmp_path, monkeypatch):
+def test_placed_gz_files_are_unpacked_without_a_network(cli, mnist_gz, data_dir, tmp_path, monkeypatch):
     """The .gz files MNIST comes in, placed by hand on a machine without a network: unpacked when their MD5 is the
     published one, never downloaded; a damaged one is not unpacked, and the line says what to put where."""
     import shutil
@@ -94,6 +94,10 @@ def test_placed_gz_files_are_unpacked_without_a_network(mnist_gz, data_dir, tmp_
     for name in IDX:
         shutil.copy(served / f"{name}.gz", raw)
     (raw / f"{IDX[1]}.gz").write_bytes(gzip.compress(b"damaged"))
+    row = {r["name"]: r for r in cli("data", "mnist", "--data-dir", str(tmp_path), "--json").json()["data_sets"]}["mnist"]
+    assert row["state"] == "missing" and row["detail"] == (
+        f"no IDX files in {raw} ({', '.join(f'{n}.gz' for n in IDX)} are there: --download or a run unpacks them, "
+        "MD5 checked)")
     with pytest.raises(DlcliError, match=r"MNIST not found under .* no network.* \(or the \.gz files they come in\)"):
         load_data("mnist", {}, tmp_path, seed=0)
     assert not (raw / IDX[1]).exists()
