@@ -52,7 +52,8 @@ def train(recipe: str, nproc: int, sets: list[str], out: Path, data_dir: str | N
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {last}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     epochs = [r for r in rows if "row" not in r]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -96,7 +97,13 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    counts = [1, *sorted({int(n) for n in args.nproc.split(",")} - {1})]
+    try:
+        asked = {int(n) for n in args.nproc.split(",")}
+    except ValueError:
+        p.error(f"--nproc {args.nproc}: expected process counts separated by commas, e.g. 2 or 2,4,8")
+    if min(asked) < 1:
+        p.error(f"--nproc {args.nproc}: every process count must be at least 1")
+    counts = [1, *sorted(asked - {1})]
     if args.device == "cuda":
         import torch
 

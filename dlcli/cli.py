@@ -450,6 +450,8 @@ def main(argv: list[str] | None = None) -> None:
         report.error_line = lambda message: None  # type: ignore[assignment]
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="dlcli")
+        if rc == 130:  # typer turns a Ctrl-C outside training (a download, an evaluation) into this return code
+            report.error_line("interrupted")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except DlcliError as e:

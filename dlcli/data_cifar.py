@@ -27,7 +27,6 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from dlcli.data_images import (
     decode_images,
     scan_image_folder,
 )
-from dlcli.download import guarded, stream
+from dlcli.download import folder_lock, guarded, stream
 from dlcli.errors import DlcliError, UsageError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, of the training pixels in [0, 1]
@@ -265,31 +264,11 @@ def tarball_problem(tarball: Path) -> str | None:
             f"it to download it again, or download it again from {TARBALL_URL}")
 
 
-@contextlib.contextmanager
-def _fetch_lock(root: Path) -> Iterator[None]:
+def _fetch_lock(root: Path) -> contextlib.AbstractContextManager[None]:
     """Held while the original is downloaded or extracted under ``root``: runs started together on one data
-    folder (a sweep, a job array) fetch it once, the others wait and read it. Temporary files found while it
-    is held were left by a process that was killed (SIGTERM skips ``finally``), and are removed."""
-    import shutil
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / ".cifar-10.lock", "a")  # noqa: SIM115  (held for the block)
-    except OSError as e:
-        raise DlcliError(f"cannot write in {root} ({e.strerror}): make it writable, or point --data-dir or "
-                         "DLCLI_DATA at a writable folder") from None
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except ImportError:  # no fcntl (Windows): concurrent fetches are not guarded there
-            pass
-        for stale in [*root.glob(f".{TARBALL}.*.part"), *root.glob(f".{ORIGINAL_FOLDER}.*.tmp")]:
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        yield
-    finally:
-        handle.close()  # releases the lock
+    folder (a sweep, a job array) fetch it once, the others wait and read it; a killed fetch's temporary files
+    are removed under it (``dlcli.download.folder_lock``)."""
+    return folder_lock(root, ".cifar-10.lock", (f".{TARBALL}.*.part", f".{ORIGINAL_FOLDER}.*.tmp"))
 
 
 def _extract(root: Path) -> str:

@@ -89,10 +89,56 @@ def guarded(urls: list[str], failure: str, hint: str, action: Callable[[], T]) -
         try:
             with contextlib.redirect_stdout(sys.stderr), socket_timeout(DOWNLOAD_TIMEOUT_S):
                 return action()
+        except DlcliError:  # already one line (e.g. a disk that cannot take the file)
+            raise
         except Exception as e:
             first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            reason = f"the download failed: {first[:200]}"
+            reason = f"the download failed: {_clip(first, 400)}"
     raise DlcliError(f"{failure} and {reason}; {hint}")
+
+
+def _clip(text: str, n: int) -> str:
+    """``text`` cut to at most ``n`` characters at a word boundary, with "…" where it was cut."""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, name: str, stale: tuple[str, ...] = ()) -> Iterator[None]:
+    """Held while files are downloaded or unpacked into ``folder`` (the lock file ``folder/name``): runs started
+    together on one folder (a sweep, a job array, torchrun on several nodes sharing a disk) fetch each file once,
+    the others wait and then find it there. Temporary files matching the ``stale`` globs found while it is held
+    were left by a process that was killed (SIGTERM and SIGKILL skip ``finally``), and are removed. A folder
+    that cannot be written is one line."""
+    import shutil
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / name, "a")  # noqa: SIM115  (held for the block)
+    except OSError as e:
+        raise DlcliError(f"cannot write in {folder} ({e.strerror}): make it writable, or point --data-dir or "
+                         "DLCLI_DATA at a writable folder") from None
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # no fcntl (Windows): concurrent fetches are not guarded there
+            pass
+        for pattern in stale:
+            for path in folder.glob(pattern):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _temporary(dest: Path) -> tuple[int, Path]:
+    """A new, empty file ``.<name>.<random>.part`` beside ``dest``, created exclusively (two processes never share
+    one, even with one PID each in containers on one volume): its descriptor and path."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    return fd, Path(name)
 
 
 class DownloadError(Exception):
@@ -100,25 +146,26 @@ class DownloadError(Exception):
 
 
 def stream(url: str, dest: Path, *, md5: str | None = None, sha256_prefix: str | None = None) -> None:
-    """Download ``url`` to ``dest``: streamed into ``.<name>.<pid>.part`` beside it while its MD5 or SHA-256 is
+    """Download ``url`` to ``dest``: streamed into a temporary file beside it while its MD5 or SHA-256 is
     computed, checked against ``md5`` / ``sha256_prefix`` (and against the length the server announced), and
-    only then renamed to ``dest`` (replacing what was there). Anything wrong raises; nothing is left behind."""
+    only then renamed to ``dest`` (replacing what was there). Anything wrong raises; nothing is left behind.
+    The errors do not repeat ``url``: the callers' lines name it, or the file and where to put it."""
     import hashlib
     import urllib.request
 
     from dlcli import __version__
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    digest = hashlib.md5(usedforsecurity=False) if md5 else hashlib.sha256() if sha256_prefix else None
+    digest = (hashlib.md5(usedforsecurity=False) if md5 else hashlib.sha256() if sha256_prefix else None)
     request = urllib.request.Request(url, headers={"User-Agent": f"dlcli/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            show = progress_display or _no_display
-            got = 0
-            with open(part, "wb") as f, show(f"{dest.name}", total) as advance:
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        show = progress_display or _no_display
+        got = 0
+        fd, part = _temporary(dest)
+        try:
+            with open(fd, "wb") as f, show(dest.name, total) as advance:
                 while chunk := response.read(CHUNK):
                     f.write(chunk)
                     if digest is not None:
@@ -126,16 +173,15 @@ def stream(url: str, dest: Path, *, md5: str | None = None, sha256_prefix: str |
                     got += len(chunk)
                     advance(len(chunk))
                 if total is not None and got != total:  # inside the display: a failure is not "downloaded"
-                    raise DownloadError(f"{url} was cut short ({got:,} of {total:,} bytes)")
+                    raise DownloadError(f"cut short ({got:,} of {total:,} bytes)")
                 if digest is not None:
                     want, have = (md5 or sha256_prefix or "").lower(), digest.hexdigest()
-                    if not want or not have.startswith(want):
-                        kind = "MD5" if md5 else "SHA-256"
-                        raise DownloadError(f"{url} is not the published file (its {kind} is "
+                    if not have.startswith(want):
+                        raise DownloadError(f"not the published file (its {'MD5' if md5 else 'SHA-256'} is "
                                             f"{have[:max(len(want), 8)]}, expected {want})")
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -147,8 +193,8 @@ def fetch_idx(cls_name: str, raw: Path, what: str, hint: str) -> None:
     """Download the four IDX files of torchvision's ``cls_name`` (MNIST, FashionMNIST) into ``raw``, as torchvision
     would: each ``.gz`` from its first mirror that serves it, MD5 checked, then unpacked beside it. Only the files
     not there yet are fetched; a ``.gz`` already there with the published MD5 (placed by hand, or left by an
-    interrupted run) is unpacked without a network. Offline or failing: one line "<what> not found under <raw>
-    and <reason>; <hint>"."""
+    interrupted run) is unpacked without a network. Runs on one folder fetch each file once (a file lock).
+    Offline or failing: one line "<what> not found under <raw> and <reason>; <hint>"."""
     import hashlib
     import http.client
 
@@ -156,43 +202,55 @@ def fetch_idx(cls_name: str, raw: Path, what: str, hint: str) -> None:
 
     cls = getattr(tvd, cls_name)
     mirrors: list[str] = list(cls.mirrors)
-    pending = []
-    for filename, md5 in cls.resources:
-        target, packed = raw / filename.removesuffix(".gz"), raw / filename
-        if target.is_file():
-            continue
-        if packed.is_file() and hashlib.md5(packed.read_bytes(), usedforsecurity=False).hexdigest() == md5:
-            _gunzip(packed, target)
-        else:
+    with folder_lock(raw, ".download.lock", (".*.part",)):
+        pending, damaged = [], []
+        for filename, md5 in cls.resources:
+            target, packed = raw / filename.removesuffix(".gz"), raw / filename
+            if target.is_file():
+                continue
+            have = hashlib.md5(packed.read_bytes(), usedforsecurity=False).hexdigest() if packed.is_file() else None
+            if have == md5:
+                _gunzip(packed, target)
+                continue
             pending.append((filename, md5))
+            if have is not None:
+                damaged.append(f"{packed} is not the published file (its MD5 is {have}, expected {md5}): replace it")
 
-    def download() -> None:
-        for filename, md5 in pending:
-            errors = []
-            for mirror in mirrors:
-                try:
-                    stream(mirror + filename, raw / filename, md5=md5)
-                    break
-                except (OSError, http.client.HTTPException, DownloadError) as e:  # urllib's errors are OSErrors
-                    errors.append(f"{mirror}: {e}")
-            else:  # the first mirror's error first: it is the main server
-                raise DownloadError(f"{filename}: " + "; ".join(errors))
-            _gunzip(raw / filename, raw / filename.removesuffix(".gz"))
+        def download() -> None:
+            for filename, md5 in pending:
+                errors = []
+                for mirror in mirrors:
+                    try:
+                        stream(mirror + filename, raw / filename, md5=md5)
+                        break
+                    except (OSError, http.client.HTTPException, DownloadError) as e:  # urllib's errors are OSErrors
+                        errors.append(f"{mirror}: {_clip(str(e), 160)}")
+                else:  # the first mirror's error first: it is the main server
+                    raise DownloadError(f"{filename} from " + "; ".join(errors))
+                _gunzip(raw / filename, raw / filename.removesuffix(".gz"))
 
-    if pending:
-        guarded(mirrors, f"{what} not found under {raw}", hint, download)
+        if pending:
+            guarded(mirrors, f"{what} not found under {raw}", "; ".join([hint, *damaged[:1]]), download)
 
 
 def _gunzip(packed: Path, target: Path) -> None:
-    """Unpack ``packed`` into ``target`` through a temporary file renamed when complete."""
+    """Unpack ``packed`` into ``target`` through a temporary file renamed when complete; a full or read-only
+    disk is one line."""
     import gzip
     import shutil
 
-    unpacked = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        with gzip.open(packed, "rb") as src, open(unpacked, "wb") as out:
+        fd, unpacked = _temporary(target)
+    except OSError as e:
+        raise DlcliError(f"cannot unpack {packed.name} in {packed.parent} ({e.strerror}): make it writable, or "
+                         f"unpack it there yourself (gunzip -k)") from None
+    try:
+        with gzip.open(packed, "rb") as src, open(fd, "wb") as out:
             shutil.copyfileobj(src, out, CHUNK)
         os.replace(unpacked, target)
+    except OSError as e:
+        raise DlcliError(f"cannot unpack {packed.name} in {packed.parent} ({e.strerror or e}): make room, or "
+                         f"unpack it there yourself (gunzip -k)") from None
     finally:
         unpacked.unlink(missing_ok=True)
 
@@ -219,9 +277,10 @@ def hash_prefix(path: Path) -> str | None:
 
 def fetch_file(url: str, dest: Path, what: str, hint: str) -> None:
     """Download ``url`` to ``dest`` as torch.hub would (its SHA-256 checked against the prefix in its name),
-    replacing a damaged file there; offline or failing, one line."""
+    replacing a damaged file there, under a file lock in its folder; offline or failing, one line."""
     def download() -> None:
         stream(url, dest, sha256_prefix=hash_prefix(dest))
 
     state = "is damaged" if dest.exists() else "not found"
-    guarded([url], f"{what} {state} at {dest}", hint, download)
+    with folder_lock(dest.parent, ".download.lock", (f".{dest.name}.*.part",)):
+        guarded([url], f"{what} {state} at {dest}", hint, download)

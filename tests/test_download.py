@@ -57,7 +57,7 @@ def test_mnist_arrives_whole_from_the_first_mirror_that_serves_it(cli, mnist_gz,
         assert (raw / name).read_bytes() == (data_dir / "MNIST" / "raw" / name).read_bytes(), name
         size = (served / f"{name}.gz").stat().st_size
         assert f"downloading {name}.gz ({size / 1e6:,.1f} MB)" in res.err or f"downloading {name}.gz ({size / 1e3:,.1f} kB)" in res.err
-    assert not [p.name for p in raw.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert [p.name for p in raw.iterdir() if p.name.startswith(".")] == [".download.lock"]  # no temporary file left
 
 
 def test_only_the_missing_files_are_fetched(mnist_gz, data_dir, tmp_path, monkeypatch):
@@ -67,6 +67,7 @@ def test_only_the_missing_files_are_fetched(mnist_gz, data_dir, tmp_path, monkey
     raw.mkdir(parents=True)
     for name in IDX[:3]:
         (raw / name).write_bytes((data_dir / "MNIST" / "raw" / name).read_bytes())
+    (raw / ".t10k-labels-idx1-ubyte.gz.k1ll3d.part").write_bytes(b"left by a process that was killed")
     fetched = []
     real = dlcli.download.stream
     monkeypatch.setattr(dlcli.download, "stream", lambda url, dest, **kw: (fetched.append(dest.name), real(url, dest, **kw)))
@@ -74,6 +75,7 @@ def test_only_the_missing_files_are_fetched(mnist_gz, data_dir, tmp_path, monkey
         monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{base}/"])
         dlcli.download.fetch_idx("MNIST", raw, "MNIST", "put them there")
     assert fetched == ["t10k-labels-idx1-ubyte.gz"]
+    assert not list(raw.glob("*.part"))  # a killed fetch's temporary file is removed under the lock
     assert (raw / IDX[3]).read_bytes() == (data_dir / "MNIST" / "raw" / IDX[3]).read_bytes()
 
 
@@ -93,13 +95,16 @@ def test_placed_gz_files_are_unpacked_without_a_network(cli, mnist_gz, data_dir,
     raw.mkdir(parents=True)
     for name in IDX:
         shutil.copy(served / f"{name}.gz", raw)
-    (raw / f"{IDX[1]}.gz").write_bytes(gzip.compress(b"damaged"))
+    (raw / f"{IDX[1]}.gz").write_bytes(gzip.compress(b"damaged", mtime=0))
     row = {r["name"]: r for r in cli("data", "mnist", "--data-dir", str(tmp_path), "--json").json()["data_sets"]}["mnist"]
     assert row["state"] == "missing" and row["detail"] == (
         f"no IDX files in {raw} ({', '.join(f'{n}.gz' for n in IDX)} are there: --download or a run unpacks them, "
         "MD5 checked)")
-    with pytest.raises(DlcliError, match=r"MNIST not found under .* no network.* \(or the \.gz files they come in\)"):
+    damaged_md5 = hashlib.md5(gzip.compress(b"damaged", mtime=0)).hexdigest()
+    with pytest.raises(DlcliError, match=r"MNIST not found under .* no network.* \(or the \.gz files they come in\)") as e:
         load_data("mnist", {}, tmp_path, seed=0)
+    assert str(e.value).endswith(f"; {raw / IDX[1]}.gz is not the published file (its MD5 is {damaged_md5}, expected "
+                                 f"{resources[1][1]}): replace it")  # the file in the way is named
     assert not (raw / IDX[1]).exists()
     shutil.copy(served / f"{IDX[1]}.gz", raw)
     bundle = load_data("mnist", {"val_size": 0}, tmp_path, seed=0)
@@ -116,7 +121,7 @@ def test_a_file_that_is_not_the_published_one_is_refused_and_removed(tmp_path, m
     dest.parent.mkdir()
     dest.write_bytes(b"an older damaged copy")
     with http_server(tmp_path / "served", monkeypatch) as base:
-        with pytest.raises(DownloadError, match=rf"{base}/f.bin is not the published file \(its MD5 is "
+        with pytest.raises(DownloadError, match=rf"^not the published file \(its MD5 is "
                                                 rf"{hashlib.md5(payload).hexdigest()}, expected 0123456789abcdef0123456789abcdef\)"):
             stream(f"{base}/f.bin", dest, md5="0123456789abcdef0123456789abcdef")
         assert dest.read_bytes() == b"an older damaged copy"  # not replaced by another wrong file
@@ -184,3 +189,58 @@ def test_progress_is_a_bar_on_a_terminal_and_two_lines_in_a_log(tmp_path, monkey
                 lines = text.strip().splitlines()
                 assert lines[0] == "downloading w.pth (1.0 MB)" and len(lines) == 2, lines
                 assert lines[1].startswith("downloaded w.pth: 1.0 MB in ") and lines[1].endswith("MB/s)")
+
+
+def test_temporary_files_are_unique_even_with_one_pid(tmp_path, monkeypatch):
+    """Containers sharing a data volume each run dlcli as PID 1: their temporary files must still differ."""
+    import os
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    (fd1, a), (fd2, b) = dlcli.download._temporary(tmp_path / "x.gz"), dlcli.download._temporary(tmp_path / "x.gz")
+    os.close(fd1), os.close(fd2)
+    assert a != b and a.name.startswith(".x.gz.") and a.name.endswith(".part") and a.parent == tmp_path
+
+
+def test_a_full_disk_while_unpacking_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    from dlcli.errors import DlcliError
+
+    packed = tmp_path / "t.gz"
+    packed.write_bytes(gzip.compress(b"x" * 1000))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(DlcliError, match=r"^cannot unpack t.gz in .* \(No space left on device\): make room, or "
+                                         r"unpack it there yourself \(gunzip -k\)$"):
+        dlcli.download._gunzip(packed, tmp_path / "t")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gz"]  # nothing half-unpacked
+
+
+def test_a_long_reason_is_cut_at_a_word():
+    clip = dlcli.download._clip
+    assert clip("short reason", 40) == "short reason"
+    assert clip("alpha beta gamma delta", 13) == "alpha beta …"  # not "alpha beta ga"
+
+
+def test_the_finished_bar_of_a_download_without_a_length_shows_what_arrived(monkeypatch):
+    console = _recorded(True)
+    monkeypatch.setattr(report, "err", console)
+    with report.download_bar("n.bin", None) as advance:
+        advance(2_500_000)
+    last = console.file.getvalue().replace("\r", "\n").strip().splitlines()[-2:]
+    assert any("2.5/2.5 MB" in line for line in last), last
+
+
+def test_ctrl_c_outside_training_says_interrupted(cli, monkeypatch):
+    """typer turns a KeyboardInterrupt into Exit(130): the line must still be there (e.g. Ctrl-C in a download)."""
+    import dlcli.data_status
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dlcli.data_status, "inspect", interrupted)
+    res = cli("data", "mnist")
+    assert res.code == 130 and res.err.strip().splitlines()[-1] == "error: interrupted"

@@ -201,14 +201,14 @@ def test_missing_mnist_offline_is_one_clear_sentence(cli, tmp_path, monkeypatch)
     assert res.code == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: MNIST not found under")
-    assert f"the download failed: train-images-idx3-ubyte.gz: {base}/first/: HTTP Error 404" in err
-    assert f"{base}/second/: HTTP Error 404" in err
+    assert (f"the download failed: train-images-idx3-ubyte.gz from {base}/first/: HTTP Error 404: File not found; "
+            f"{base}/second/: HTTP Error 404: File not found; put the files") in err  # every mirror, each once
     assert str(tmp_path / "data" / "MNIST" / "raw") in err
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         assert name in err
     assert not (tmp_path / "run").exists()  # no half-made run folder
-    assert not any(p.is_file() for p in (tmp_path / "data").rglob("*"))  # nothing half-written
+    assert [p.name for p in (tmp_path / "data").rglob("*") if p.is_file()] == [".download.lock"]  # nothing half-written
 
 
 def test_without_a_network_no_download_is_attempted(tmp_path, monkeypatch):
@@ -251,7 +251,7 @@ def test_download_error_is_not_swallowed_for_urllib(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: True)
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:1/"])  # nothing listens there
-    with pytest.raises(DlcliError, match=r"download failed: train-images-idx3-ubyte.gz: http://127.0.0.1:1/: "
+    with pytest.raises(DlcliError, match=r"download failed: train-images-idx3-ubyte.gz from http://127.0.0.1:1/: "
                                          r"<urlopen error"):
         dlcli.data.load_data("mnist", {}, tmp_path, seed=0)
 

@@ -134,6 +134,8 @@ def download_bar(label: str, total: int | None) -> Iterator[Callable[[int], None
                   TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=False) as bar:
         task = bar.add_task(escape(label), total=total)
         yield lambda n: bar.advance(task, n)
+        if total is None:  # no length announced: the finished bar shows what arrived, not "?"
+            bar.update(task, total=bar.tasks[0].completed)
 
 
 def _bytes(n: float) -> str:
