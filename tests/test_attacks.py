@@ -276,7 +276,8 @@ def test_fgsm_eps_on_a_binary_linear_classifier_is_the_90th_percentile_of_minima
     # boundary exactly when ε exceeds the image's minimal ℓ∞ distance |g| / ‖a‖₁ (DeepFool ℓ∞, exact here).
     model = linear_model(2, seed=7)
     x = images(200, seed=8)
-    dist = deepfool(model, x, norm="inf", overshoot=0.0, step_eps=0.0, max_iter=1, clip="none").r_norm
+    w, b = weights(model)  # the closed form |g| / ‖a‖₁, not DeepFool's answer (itself under test elsewhere)
+    dist = ((x.flatten(1).double() @ (w[0] - w[1]) + (b[0] - b[1])).abs() / (w[1] - w[0]).abs().sum()).float()
     d = fgsm_direction(model, x)
     res = fgsm_min_eps(model, x, d, target_rate=0.9, norm="inf", eps_max=dist.max().item() * 1.01, bisect_steps=24,
                        clip=False)  # the paper's protocol: x + ε·sign unclamped
@@ -402,5 +403,10 @@ def test_fooling_matrix_measures_every_perturbation_on_every_model(cnn, mnist):
     assert len(rates) == 2 and len(rates[0]) == 2
     for i, v in enumerate(vs):
         for j, m in enumerate([cnn, other]):
+            # a plain reference, not fooling_rate itself: the labels of the valid images x + v against x's own
+            with torch.no_grad():
+                changed = m((x + v).clamp(0, 1)).argmax(1) != m(x).argmax(1)
+            assert rates[i][j] == int(changed.sum()) / len(x)
             assert rates[i][j] == fooling_rate(m, x, v)
     assert rates[1] == [0.0, 0.0] and rates[0][0] > 0  # a zero perturbation fools nobody
+    assert rates[0][0] != rates[0][1]  # the two models tell the rows from the columns

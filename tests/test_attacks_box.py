@@ -267,3 +267,31 @@ def test_refine_defaults_and_refusals():
             deepfool(model, x, refine=bad)
     with pytest.raises(ValueError, match="paper"):
         deepfool(model, x, clip="none", refine=1)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_refine_keeps_the_input_where_a_smaller_candidate_does_not_fool(norm):
+    """With no re-crossing steps and no flip search, a round's candidate is the box projection of x onto the
+    linearised boundary: smaller than the adversarial, and on a curved boundary often still classified clean.
+    Such a candidate must be refused (the image is replaced only by a smaller image that fools)."""
+    from dlcli.attacks.refine import refine
+
+    model = relu_net(3)
+    x = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(13))
+    x[:, :, :2] = 0.0
+    plain = deepfool(model, x, norm=norm, clip="box", refine=0)
+    att = plain.fooled_clipped
+    x0, adv = x[att], plain.adversarial[att]
+    with torch.no_grad():
+        logits0 = model(x0)
+    clean = logits0.argmax(1)
+    out, pred, _ = refine(model, x0, adv, clean, logits0, plain.adv_pred_clipped[att], norm=norm, overshoot=0.02,
+                          step_eps=1e-4, max_recross=0, flip_steps=0)
+    with torch.no_grad():
+        got = model(out).argmax(1)
+    assert (got != clean).all()  # every returned image fools the model ...
+    assert torch.equal(pred, got)  # ... and carries its true label
+    p = 2 if norm == "2" else float("inf")
+    assert ((out - x0).flatten(1).norm(p=p, dim=1) <= (adv - x0).flatten(1).norm(p=p, dim=1) + 1e-6).all()
+    kept = (out == adv).flatten(1).all(1)
+    assert kept.any() and not kept.all()  # some candidates were refused, others taken: both paths ran

@@ -83,6 +83,33 @@ def test_an_update_regresses_the_taken_action_on_the_target_networks_value(monke
     assert task.last_loss.item() == pytest.approx(((3 - 2.5) ** 2 + (4 - 0) ** 2) / 2)
 
 
+def test_double_q_lets_the_online_network_pick_and_the_target_network_value(monkeypatch):
+    # s' = (3, 1): the target network values its actions (3, 2), the online network (0, 1). Plain DQN bootstraps
+    # on max = 3; double DQN (van Hasselt et al. 2016) on the target's value of the online pick, action 1: 2.
+    batch = Batch(obs=torch.tensor([[1.0, 2.0]]), actions=torch.tensor([0]), rewards=torch.tensor([1.0]),
+                  next_obs=torch.tensor([[3.0, 1.0]]), terminated=torch.tensor([0.0]), weight=torch.tensor([1.0]))
+    for double_q, y in ((False, 1 + 0.5 * 3), (True, 1 + 0.5 * 2)):
+        task = make_task(target_update=100, loss="mse", gamma=0.5, double_q=double_q)
+        task.raw = task.model = _linear_q([[0.0, 0.0], [0.0, 1.0]], [0.0, 0.0])  # Q(s, 0) = 0
+        task.target = _linear_q([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
+        task.optimizer = torch.optim.SGD(task.raw.parameters(), lr=0.0)
+        monkeypatch.setattr(task.buffer, "sample", lambda *a, **k: batch)
+        task._update()
+        assert task.last_loss.item() == pytest.approx((0 - y) ** 2), double_q
+
+
+def test_a_soft_target_update_moves_the_target_by_tau():
+    task = make_task(tau=0.25)
+    before = [p.clone() for p in task.target.parameters()]
+    with torch.no_grad():
+        for p in task.raw.parameters():
+            p.add_(1.0)  # online and target now differ
+    online = [p.clone() for p in task.raw.parameters()]
+    task.sync_target()
+    for t, t0, o in zip(task.target.parameters(), before, online):
+        assert torch.allclose(t, 0.75 * t0 + 0.25 * o, atol=1e-6)
+
+
 def test_the_target_network_is_copied_every_target_update_gradient_steps():
     task = make_task(target_update=3, learning_starts=0)
     for _ in task.train_steps(0, 0):
@@ -249,8 +276,18 @@ def test_ctrl_c_then_resume_equals_the_uninterrupted_run(cli, tmp_path, monkeypa
     assert (ckpt["epoch"], ckpt["step"]) == (1, 37)
     assert any(len(a) for a in ckpt["task_state"]["envs"]["actions"])  # an episode was running
     monkeypatch.delenv("DLCLI_FAULT_SIGINT")
+    from dlcli.report.train import TrainProgress
+
+    seen, original = [], TrainProgress.on_step  # the resumed process must go on from step 37 of epoch 2
+
+    def record(self, epoch, step, metrics, samples):
+        seen.append((epoch, step))
+        original(self, epoch, step, metrics, samples)
+
+    monkeypatch.setattr(TrainProgress, "on_step", record)
     res = cli("train", "--resume", str(stopped), "--json")
     assert res.code == 0, res.err
+    assert seen[:2] == [(1, 38), (1, 39)] and min(seen) == (1, 38)
 
     for name in ("last.pt", "best.pt"):
         a, b = load_checkpoint(straight / name), load_checkpoint(stopped / name)

@@ -114,6 +114,26 @@ def test_class_coverage_counts_missing_classes():
     assert cov["histogram"]["3"] == 60 and cov["histogram"]["7"] == 40
     assert cov["class_tv"] == pytest.approx(0.5 * (0.5 + 0.3 + 8 * 0.1))
     assert 0.99 < cov["mean_confidence"] <= 1.0
+    # a class under 1% of the samples is seen but not covered (1 of 200 = 0.5%; 2 of 200 = 1% is covered)
+    logits = torch.full((200, 10), -5.0)
+    logits[:197, 3], logits[197, 5], logits[198:, 8] = 5.0, 5.0, 5.0
+    cov = class_coverage(logits, [str(i) for i in range(10)])
+    assert cov["classes_covered"] == 2 and cov["histogram"]["5"] == 1
+    # against the real images' own histogram: half 3s, half 7s; the samples are 60/40, so TV = 0.1
+    ref = torch.full((50, 10), -5.0)
+    ref[:25, 3], ref[25:, 7] = 5.0, 5.0
+    first = torch.full((100, 10), -5.0)
+    first[:60, 3], first[60:, 7] = 5.0, 5.0
+    cov = class_coverage(first, [str(i) for i in range(10)], reference_logits=ref)
+    assert cov["class_tv"] == pytest.approx(0.1)
+    assert cov["reference_fractions"] == [0, 0, 0, 0.5, 0, 0, 0, 0.5, 0, 0]
+
+
+def _mean_pairwise_l2(x: torch.Tensor) -> float:
+    """Mean Euclidean distance over all unordered pairs, one pair at a time in Python floats."""
+    rows = x.flatten(1).double().tolist()
+    d = [math.dist(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    return sum(d) / len(d)
 
 
 def test_sample_diversity_is_zero_for_identical_samples():
@@ -122,6 +142,14 @@ def test_sample_diversity_is_zero_for_identical_samples():
     real = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert sample_diversity(real[:1].expand(16, -1, -1, -1), real) == 0.0
     assert sample_diversity(real, real) == pytest.approx(1.0)
+    # a value that is not 0 or 1 by symmetry: a brute-force ratio of mean pairwise distances, and only the
+    # first max_images of each set count
+    g = torch.Generator().manual_seed(1)
+    fake = 0.25 + 0.5 * torch.rand(12, 1, 5, 5, generator=g)  # half the spread of the real images
+    real = torch.rand(14, 1, 5, 5, generator=g)
+    want = _mean_pairwise_l2(fake[:10]) / _mean_pairwise_l2(real[:10])
+    assert 0.3 < want < 0.7
+    assert sample_diversity(fake, real, max_images=10) == pytest.approx(want, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------- the models
@@ -185,9 +213,16 @@ def test_interrupt_then_resume_restores_both_optimisers_exactly(cli, data_dir, t
 
     monkeypatch.setattr(TrainProgress, "on_step", ctrl_c)
     assert cli("train", str(recipe), "--out", str(stopped), *data).code == 130
-    monkeypatch.setattr(TrainProgress, "on_step", original)
+    seen = []  # the steps the resumed process runs: it must go on from the checkpoint, not start again
+
+    def record(self, epoch, step, metrics, samples):
+        seen.append((epoch, step))
+        original(self, epoch, step, metrics, samples)
+
+    monkeypatch.setattr(TrainProgress, "on_step", record)
     res = cli("train", "--resume", str(stopped), *data)
     assert res.code == 0, res.err
+    assert seen == [(1, 3), (1, 4)]  # the rest of epoch 2 (4 steps an epoch), nothing before it
 
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     assert any(k.startswith("G.") for k in a["model"]) and any(k.startswith("D.") for k in a["model"])

@@ -179,7 +179,18 @@ def test_resume_in_the_middle_of_a_pretraining_stage_equals_the_uninterrupted_ru
     monkeypatch.delenv("DLCLI_FAULT_SIGINT")
     assert res.code == 130, res.err
     assert (load_checkpoint(stopped / "last.pt")["epoch"], load_checkpoint(stopped / "last.pt")["step"]) == (1, 3)
+    from dlcli.report.train import TrainProgress
+
+    seen, original = [], TrainProgress.on_step  # the resumed process must go on from step 3 of epoch 2
+
+    def record(self, epoch, step, metrics, samples):
+        seen.append((epoch, step))
+        original(self, epoch, step, metrics, samples)
+
+    monkeypatch.setattr(TrainProgress, "on_step", record)
     assert cli("train", "--resume", str(stopped), "--data-dir", str(data_dir), "--json").code == 0
+    monkeypatch.setattr(TrainProgress, "on_step", original)
+    assert seen[:3] == [(1, 4), (1, 5), (1, 6)] and min(seen) == (1, 4)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -196,7 +207,11 @@ def test_resume_in_the_middle_of_a_pretraining_stage_equals_the_uninterrupted_ru
     attack = cli("attack", "deepfool", str(stopped), "--n", "20", "--data-dir", str(data_dir), "--device", "cpu",
                  "--json")
     assert attack.code == 0, attack.err
-    assert json.loads(attack.out)
+    report = json.loads(attack.out)
+    assert report["attack"] == "deepfool" and report["images"] == 20
+    assert report["attacked"] + report["misclassified"] == 20
+    assert report["attacked"] >= 1 and report["fooled"] == report["attacked"]  # DeepFool fools every attacked one
+    assert 0 < report["rho_adv"] < 1 and 0 <= report["adversarial_min"] <= report["adversarial_max"] <= 1
 
 
 def test_the_autoencoder_trains_evaluates_and_draws(cli, data_dir, tmp_path):
@@ -228,3 +243,33 @@ def test_bad_input_is_one_clear_line(cli, data_dir, tmp_path, sets, fragment):
     res = cli("train", *args, "--data-dir", str(data_dir), "--out", str(tmp_path / "run"))
     assert res.code in (1, 2) and fragment in res.err, res.err
     assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_pca_and_reconstruction_errors_against_plain_references():
+    """The autoencoder's yardsticks by other means: PCA's error from an SVD (not an eigendecomposition of the
+    Gram matrix), and the mean squared reconstruction error of a known map, summed over pixels, by hand."""
+    from dlcli.tasks.autoencode import pca_error, reconstruction_error
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 16, generator=g, dtype=torch.float64)  # data near a 3-d subspace, plus noise
+    train = (torch.randn(200, 3, generator=g, dtype=torch.float64) @ basis * 0.1 + 0.5
+             + 0.01 * torch.randn(200, 16, generator=g, dtype=torch.float64)).clamp(0, 1).view(200, 1, 4, 4)
+    test = train[:50] + 0.02 * torch.rand(50, 1, 4, 4, generator=g, dtype=torch.float64)
+    for k in (1, 3):
+        a = train.flatten(1)
+        mean = a.mean(0)
+        _, _, vh = torch.linalg.svd(a - mean, full_matrices=False)
+        v = vh[:k].T  # the top-k right singular vectors
+        t = test.flatten(1) - mean
+        want = float(sum(float(((row - v @ (v.T @ row)) ** 2).sum()) for row in t) / len(t))
+        assert pca_error(train, test, k) == pytest.approx(want, rel=1e-6)  # the images pass through float32
+    assert pca_error(train, test, 3) < 0.5 * pca_error(train, test, 1)  # the top directions carry the data
+
+    class Halve(torch.nn.Module):
+        def forward(self, x):
+            return x / 2
+
+    x = torch.randint(0, 256, (7, 1, 3, 3), generator=g, dtype=torch.uint8)  # uint8 pixels, as stored
+    by_hand = sum(sum((p / 255 - p / 255 / 2) ** 2 for p in img.flatten().tolist()) for img in x) / len(x)
+    got = reconstruction_error(Halve(), x, batch_size=3, device=torch.device("cpu"))  # 3 + 3 + 1 images
+    assert got == pytest.approx(by_hand, rel=1e-5)

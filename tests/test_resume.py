@@ -70,10 +70,19 @@ def test_interrupt_then_resume_equals_uninterrupted_run(cli, data_dir, tmp_path,
     ckpt = load_checkpoint(stopped / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == INTERRUPT_AT
     assert len(ckpt["history"]) == INTERRUPT_AT[0]  # only the finished epochs
-    monkeypatch.setattr(TrainProgress, "on_step", original)
+    seen = []  # the steps the resumed process runs: it must go on from the checkpoint, not start again
+
+    def record(self, epoch, step, metrics, samples):
+        seen.append((epoch, step))
+        original(self, epoch, step, metrics, samples)
+
+    monkeypatch.setattr(TrainProgress, "on_step", record)
 
     res = cli("train", "--resume", str(stopped), *data)
     assert res.code == 0, res.err
+    epoch, step = INTERRUPT_AT
+    assert seen == [(epoch, s) for s in range(step + 1, STEPS_PER_EPOCH + 1)]  # only the rest of epoch 2
+    assert res.json()["header"]["resumed_at"] == f"epoch {epoch + 1}, step {step}"
 
     for name in ("last.pt", "best.pt"):
         a, b = load_checkpoint(straight / name), load_checkpoint(stopped / name)
