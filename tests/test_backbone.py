@@ -72,7 +72,8 @@ class ToyTask(Task):
         return {"score": self.scores[epoch], "lr": self.optimizer.param_groups[0]["lr"]}
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
-        return {"weight_sum": float(sum(p.detach().sum() for p in self.raw.parameters())), "total_steps": self.total}
+        return {"weight_sum": float(sum(p.detach().sum() for p in self.raw.parameters())), "total_steps": self.total,
+                "steps_here": [list(s) for s in self.steps_seen]}  # (epoch, step) run by this process
 
     def raw_model(self) -> torch.nn.Module:
         return self.raw
@@ -223,7 +224,11 @@ def test_every_generator_and_state_resumes_exactly(cli, tmp_path, monkeypatch, a
     assert res.code == 130, res.err
     ck = load_checkpoint(stopped / "last.pt")
     assert (ck["epoch"], ck["step"]) == at
-    assert cli("train", "--resume", str(stopped), "--json").code == 0
+    resumed = cli("train", "--resume", str(stopped), "--json")
+    assert resumed.code == 0, resumed.err
+    # the resumed process ran exactly the steps the stopped one had not (a rerun from scratch with the same seed
+    # would reproduce every state compared below)
+    assert resumed.json()["final"]["steps_here"] == [[e, s] for e in range(3) for s in range(4) if (e, s) >= at]
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -275,17 +280,22 @@ def test_epochs_cannot_change_while_a_run_is_unfinished(cli, tmp_path, monkeypat
 
 def test_extending_approx_and_lenet(cli, tmp_path, data_dir):
     run = tmp_path / "approx"
-    assert cli("train", "approx", "--epochs", "1", "--set", "task_args.steps_per_epoch=20", "--out", str(run),
-               "--json").code == 0
+    first = cli("train", "approx", "--epochs", "1", "--set", "task_args.steps_per_epoch=20", "--out", str(run),
+                "--json")
+    assert first.code == 0, first.err
     res = cli("train", "--resume", str(run), "--epochs", "2", "--json")
     assert res.code == 0, res.err
+    # epoch 1 is the finished run's (a 2-epoch run from scratch has another cosine schedule in its epoch 1)
     assert [h["epoch"] for h in res.json()["history"]] == [1, 2]
+    assert res.json()["history"][0] == first.json()["history"][0]
     lenet = tmp_path / "lenet"
     small = ["--set", "data.args.train_size=256", "--set", "data.args.val_size=256", "--data-dir", str(data_dir)]
-    assert cli("train", "lenet-modern", "--epochs", "1", *small, "--out", str(lenet), "--json").code == 0
+    first = cli("train", "lenet-modern", "--epochs", "1", *small, "--out", str(lenet), "--json")
+    assert first.code == 0, first.err
     res = cli("train", "--resume", str(lenet), "--epochs", "2", "--data-dir", str(data_dir), "--json")
     assert res.code == 0, res.err  # the one-cycle schedule used to raise "Tried to step 3 times"
     assert [h["epoch"] for h in res.json()["history"]] == [1, 2]
+    assert res.json()["history"][0] == first.json()["history"][0]  # continued, not retrained
 
 
 def test_precision_auto_follows_the_hardware():

@@ -122,7 +122,8 @@ def _direct_logits(run: Path, split: str, data: Path) -> tuple[torch.Tensor, tor
         args, seed = ckpt["recipe"]["data"]["args"], ckpt["recipe"]["seed"]
         idx = torch.randperm(len(ds.data), generator=torch.Generator().manual_seed(10_000 + seed))[: args["val_size"]]
         x, y = ds.data[idx], ds.targets[idx]
-    mean, std = ckpt["data_meta"]["mean"][0], ckpt["data_meta"]["std"][0]
+    mean, std = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation (torchvision's MNIST example)
+    assert ckpt["data_meta"]["mean"] == [mean] and ckpt["data_meta"]["std"] == [std]  # what the model was fed
     with torch.no_grad():
         logits = net((x.unsqueeze(1).float() / 255 - mean) / std)
     return logits, y

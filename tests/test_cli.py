@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,42 @@ def test_show_fills_defaults_and_counts_parameters(cli) -> None:
     assert "61,706 parameters" in text and "batch_size:" in text and "eval_batch_size:" in text
 
 
+def _brute_force_margin(x: torch.Tensor, d: torch.Tensor) -> float:
+    """The max margin γ* = max over unit w of min_i d_i w·(x_i, 1), by brute force: a grid over the sphere of
+    directions, refined around its best point (no optimiser; the task solves the dual by Frank-Wolfe)."""
+    z = d.double()[:, None] * torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    theta, phi, half_t, half_p, n = math.pi / 2, math.pi, math.pi / 2, math.pi, 181
+    best = -math.inf
+    for _ in range(12):
+        t = torch.linspace(theta - half_t, theta + half_t, n, dtype=torch.float64).clamp(0, math.pi)
+        p = torch.linspace(phi - half_p, phi + half_p, n, dtype=torch.float64)
+        tt, pp = (g.reshape(-1) for g in torch.meshgrid(t, p, indexing="ij"))
+        m = (torch.stack([tt.sin() * pp.cos(), tt.sin() * pp.sin(), tt.cos()], 1) @ z.T).min(1).values
+        i = int(m.argmax())
+        best = max(best, float(m[i]))
+        theta, phi = float(tt[i]), float(pp[i])
+        half_t, half_p, n = 4 * half_t / (n - 1), 4 * half_p / (n - 1), 41
+    return best
+
+
+def _check_novikoff(final: dict, margin: float, seed: int) -> None:
+    """The bound quoted is (R/γ)² for the data's own R and a γ within 2% below the brute-force max margin (a
+    margin some unit w achieves, so never above it): a loose bound (a halved γ) or an invalid one fails."""
+    from dlcli.data import load_data
+
+    data = load_data("linear2d", {"n": 100, "margin": margin}, None, seed)  # the recipe's points
+    x, d = data.train.x, data.train.y
+    radius = max(math.sqrt(a * a + b * b + 1) for a, b in x.double().tolist())
+    gamma = _brute_force_margin(x, d)
+    assert final["radius"] == pytest.approx(radius, rel=1e-12)
+    assert 0.98 * gamma <= final["margin"] <= 1.005 * gamma, (final["margin"], gamma)
+    assert final["novikoff_bound"] == pytest.approx((radius / final["margin"]) ** 2, rel=1e-9)
+    assert 0 < final["updates"] <= final["novikoff_bound"]
+    # and the run is the rule itself: its weights are those of the plain loop after as many passes
+    after = _perceptron_rule(x, d, seed=seed, epochs=final["epochs_to_converge"])
+    assert final["weights"] == pytest.approx(after[-1][0], abs=1e-12) and after[-1][1] == len(x)
+
+
 def test_perceptron_converges_within_novikoff_bound(cli) -> None:
     res = cli("train", "perceptron", "--json")
     assert res.code == 0, res.err
@@ -46,6 +83,7 @@ def test_perceptron_converges_within_novikoff_bound(cli) -> None:
     final = out["final"]
     assert final["converged"] == 1 and final["train_accuracy"] == 1.0
     assert 0 < final["updates"] <= final["novikoff_bound"]
+    _check_novikoff(final, margin=0.1, seed=0)
     history = out["history"]
     assert history[-1]["mistakes"] == 0 and all(h["mistakes"] > 0 for h in history[:-1])
     assert sum(h["mistakes"] for h in history) == final["updates"]
@@ -60,6 +98,7 @@ def test_perceptron_converges_within_novikoff_bound(cli) -> None:
 def test_perceptron_bound_holds_on_other_data(cli, seed: int) -> None:
     final = cli("train", "perceptron", "--seed", str(seed), "--set", "data.args.margin=0.05", "--json").json()["final"]
     assert final["converged"] == 1 and final["updates"] <= final["novikoff_bound"]
+    _check_novikoff(final, margin=0.05, seed=seed)
 
 
 def test_max_margin_matches_a_known_case() -> None:
@@ -152,11 +191,30 @@ def test_verify_exit_codes(cli, tmp_path: Path) -> None:
     assert failed_table.code == 1 and "EXPECTATION NOT MET" in failed_table.out
 
 
-def test_resume_continues_a_stopped_run(cli) -> None:
+def record_train_steps(monkeypatch: pytest.MonkeyPatch, task_cls: type) -> list[tuple[int, int]]:
+    """(epoch, start_step) of each call of ``task_cls.train_steps`` from now on: the epochs a process really
+    trained. A resume that retrained from scratch with the same seed would reproduce every result exactly."""
+    calls: list[tuple[int, int]] = []
+    train_steps = task_cls.train_steps
+
+    def recording(self, epoch: int, start_step: int):
+        calls.append((epoch, start_step))
+        return train_steps(self, epoch, start_step)
+
+    monkeypatch.setattr(task_cls, "train_steps", recording)
+    return calls
+
+
+def test_resume_continues_a_stopped_run(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlcli.tasks.regress import RegressTask
+
     first = cli("train", "mlp-xor", "--epochs", "2", "--json").json()
+    calls = record_train_steps(monkeypatch, RegressTask)
     more = cli("train", "--resume", first["run_dir"], "--epochs", "4", "--json")
     assert more.code == 0, more.err
+    assert calls == [(2, 0), (3, 0)]  # epochs 3 and 4 only, not 1 and 2 again
     assert [h["epoch"] for h in more.json()["history"]] == [1, 2, 3, 4]
+    assert more.json()["history"][:2] == first["history"]
     full = cli("train", "mlp-xor", "--epochs", "4", "--json").json()
     assert more.json()["final"]["outputs"] == full["final"]["outputs"]
 

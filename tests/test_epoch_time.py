@@ -89,14 +89,46 @@ def test_the_result_table_shows_both_and_one_epoch_has_no_steady_time(cli):
     _check_times(one, 1)
 
 
-def test_a_resumed_run_times_its_own_epochs(cli):
-    first = cli("train", "mlp-xor", "--epochs", "2", "--json").json()
-    before = load_checkpoint(Path(first["run_dir"]) / "last.pt")["elapsed_s"]  # carried into train_time_s
+def _known_clock(monkeypatch, seconds: dict[int, float]) -> None:
+    """The trainer's clock stands still except at the end of each epoch, where it moves on by ``seconds[epoch]``
+    (epoch from 1): every epoch's duration is then known, and so are the times a run must report."""
+    import types
+
+    import dlcli.train
+    from dlcli.tasks.regress import RegressTask
+
+    now = [1000.0]
+    monkeypatch.setattr(dlcli.train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    end_epoch = RegressTask.end_epoch
+
+    def timed_end_epoch(self, epoch: int):
+        now[0] += seconds[epoch + 1]
+        return end_epoch(self, epoch)
+
+    monkeypatch.setattr(RegressTask, "end_epoch", timed_end_epoch)
+
+
+# epoch 1 is the slow one (compiling); the others differ, so their median is neither their mean nor the median
+# with epoch 1 counted
+EPOCH_SECONDS = {1: 10.0, 2: 2.0, 3: 3.0, 4: 7.0, 5: 1.0}
+ONE_STEP = ("--set", "task_args.steps_per_epoch=1")  # the times come from the clock, not from the work
+
+
+def test_a_run_reports_the_times_of_a_known_clock(cli, monkeypatch):
+    _known_clock(monkeypatch, EPOCH_SECONDS)
+    final = cli("train", "mlp-xor", "--epochs", "4", *ONE_STEP, "--json").json()["final"]
+    # first epoch 10 s; steady: the median of 2, 3 and 7 s (not their mean 4, nor 5 with the first one); total 22 s
+    assert (final["first_epoch_s"], final["epoch_time_s"], final["train_time_s"]) == (10.0, 3.0, 22.0)
+
+
+def test_a_resumed_run_times_its_own_epochs(cli, monkeypatch):
+    _known_clock(monkeypatch, EPOCH_SECONDS)
+    first = cli("train", "mlp-xor", "--epochs", "2", *ONE_STEP, "--json").json()
+    assert load_checkpoint(Path(first["run_dir"]) / "last.pt")["elapsed_s"] == 12.0  # epochs 1-2: 10 s + 2 s
     res = cli("train", "--resume", first["run_dir"], "--epochs", "5", "--json")
     assert res.code == 0, res.err
     final = res.json()["final"]
     _check_times(final, 3)
-    # epochs 3-5 ran in this process: its first epoch (epoch 3) fits in the time it added
-    assert final["first_epoch_s"] <= final["train_time_s"] - before + ROUNDING
-    assert final["first_epoch_s"] + final["epoch_time_s"] <= final["train_time_s"] - before + ROUNDING
-    assert final["train_time_s"] > before  # the whole run: both processes
+    # epochs 3-5 ran in this process (3, 7 and 1 s): its first epoch is epoch 3, the steady epoch the median of
+    # 7 and 1, and train_time_s the whole run, both processes (12 s + 11 s)
+    assert (final["first_epoch_s"], final["epoch_time_s"], final["train_time_s"]) == (3.0, 4.0, 23.0)

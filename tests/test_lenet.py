@@ -93,6 +93,10 @@ def test_channels_last_on_the_cpu_gives_the_same_logits():
     rt = Runtime.create("cpu", channels_last=True)
     model, _ = rt.prepare(net)
     assert torch.allclose(model(rt.to_input(x)), expected, atol=1e-5)
+    # and it did run channels_last (C3's 16x6x5x5 weight and a 3-channel input: 1-channel tensors are both layouts)
+    assert model.features[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not lenet5().features[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert rt.to_input(torch.rand(2, 3, 4, 4)).is_contiguous(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------------- real MNIST

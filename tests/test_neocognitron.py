@@ -163,6 +163,13 @@ def test_tiny_training_evaluates_draws_its_templates_and_loads_as_a_classifier(c
     assert out["final"]["planes"] == [4, 8] and out["final"]["test_accuracy"] > 0.5  # far above chance (0.1)
     assert [h.get("layer") for h in out["history"]] == [1, 2, None, None]  # two S stages, then the readout
     assert out["final"]["best_epoch"] in (3, 4)  # chosen among the readout epochs only
+    # (the S stages report no val_accuracy, so the line above holds even if they counted as final: ask the task)
+    from types import SimpleNamespace
+
+    from dlcli.tasks.neocognitron import NeocognitronTask
+
+    assert [NeocognitronTask.is_final_stage(SimpleNamespace(layers=2), e) for e in range(4)] == [False, False, True,
+                                                                                               True]
     assert (run / "templates.png").stat().st_size > 5_000
 
     res = cli("eval", str(run), "--split", "val", "--data-dir", str(data_dir), "--out", str(tmp_path / "ev"), "--json")
@@ -181,20 +188,31 @@ def test_tiny_training_evaluates_draws_its_templates_and_loads_as_a_classifier(c
 
 def test_resume_in_the_middle_of_each_kind_of_stage_equals_an_uninterrupted_run(cli, data_dir, tiny_run, tmp_path,
                                                                                 monkeypatch):
+    from dlcli.tasks.neocognitron import NeocognitronTask
+
     recipe, straight = tiny_run
     stopped = tmp_path / "stopped"
+    calls: list[tuple[int, int]] = []  # (epoch, start_step) of each train_steps call: what each process trained
+    train_steps = NeocognitronTask.train_steps
+    monkeypatch.setattr(NeocognitronTask, "train_steps",
+                        lambda self, epoch, start: calls.append((epoch, start)) or train_steps(self, epoch, start))
     data = ("--data-dir", str(data_dir), "--json")
     # a real SIGINT after step 2 of epoch 2 (S-layer 2, competitive learning), then after step 2 of epoch 3
     # (the readout, once its features and standardisation exist), then the resumed run to the end
+    ran = {2: [(0, 0), (1, 0)], 3: [(1, 2), (2, 0)]}  # the resume goes on at step 2 of epoch 2, not from scratch
     for epoch, args in ((2, ("train", str(recipe), "--out", str(stopped))), (3, ("train", "--resume", str(stopped)))):
         monkeypatch.setenv("DLCLI_FAULT_SIGINT", f"0:{epoch}:2")
+        calls.clear()
         res = cli(*args, *data)
         assert res.code == 130, res.err
+        assert calls == ran[epoch]
         ckpt = load_checkpoint(stopped / "last.pt")
         assert (ckpt["epoch"], ckpt["step"]) == (epoch - 1, 2)
     monkeypatch.delenv("DLCLI_FAULT_SIGINT")
+    calls.clear()
     res = cli("train", "--resume", str(stopped), *data)
     assert res.code == 0, res.err
+    assert calls == [(2, 2), (3, 0)]  # the rest of readout epoch 3, then epoch 4
     for name in ("last.pt", "best.pt"):
         a, b = load_checkpoint(straight / name)["model"], load_checkpoint(stopped / name)["model"]
         assert a.keys() == b.keys()
