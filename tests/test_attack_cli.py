@@ -156,6 +156,28 @@ def test_fgsm_finds_the_smallest_eps_for_90_percent(cli, lenet_run, data_dir, tm
     # ℓ2 norm of ε·sign(∇) is ε·sqrt(number of non-zero gradient signs) ≤ ε·28
     assert all(0 < float(row["r_norm_l2"]) <= r["eps"] * 28 + 1e-6 for row in rows)
     assert (tmp_path / "f" / "fgsm.png").is_file()
+    # "smallest", recomputed with plain torch: the sign of the input gradient of the loss at the clean prediction,
+    # then the fooling rate of clamp(x + eps * sign, 0, 1) over the correctly classified images. The search's
+    # resolution is 1/32 (grid) / 2**16 (bisection): at eps the rate reaches 90%, one resolution below it does not
+    from dlcli.runs import load_split
+
+    x, model, clf = split_images(lenet_run, data_dir, 50)
+    y = load_split(clf.recipe, "test", str(data_dir))[1][:50]
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    clean = logits.argmax(1)
+    sign = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, clean, reduction="sum"), xg)[0].sign()
+    att = clean == y
+    assert int(att.sum()) == r["attacked"]
+
+    def rate(eps: float) -> float:
+        with torch.no_grad():
+            pred = model((x[att] + eps * sign[att]).clamp(0, 1)).argmax(1)
+        return int((pred != clean[att]).sum()) / int(att.sum())
+
+    resolution = 1 / 32 / 2**16
+    assert (r["eps"] / resolution).is_integer()
+    assert rate(r["eps"]) == r["fooling_rate"] >= 0.9 and rate(r["eps"] - resolution) < 0.9
 
 
 def test_universal_reports_the_noise_control_and_no_clip(cli, lenet_run, data_dir, tmp_path):
@@ -176,6 +198,12 @@ def test_universal_reports_the_noise_control_and_no_clip(cli, lenet_run, data_di
     x, model, _ = split_images(lenet_run, data_dir, 300)
     assert r["fooling_rate"] == fooling_rate(model, x, saved["v"], clip=True)
     assert r["unclamped_fooling_rate"] == fooling_rate(model, x, saved["v"], clip=False)
+    # and by hand, not through fooling_rate: the share of images whose predicted label changes when v is added
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+        clamped = int((model((x + saved["v"]).clamp(0, 1)).argmax(1) != clean).sum()) / len(x)
+        unclamped = int((model(x + saved["v"]).argmax(1) != clean).sum()) / len(x)
+    assert (r["fooling_rate"], r["unclamped_fooling_rate"]) == (clamped, unclamped)
     assert (out / "universal.png").is_file()
 
 
@@ -206,6 +234,10 @@ def test_universal_across_models_writes_the_cross_model_matrix(cli, lenet_run, m
     xb, _ = load_split(clf.recipe, "val", str(data_dir))
     v = universal_perturbation(modern, xb[:64], xi=0.3, norm="inf", max_passes=1).v
     assert m["fooling"][1][0] == fooling_rate(model, x, v) and m["fooling"][1][1] == fooling_rate(modern, x, v)
+    with torch.no_grad():  # and by hand: the share of valid images clamp(x + v, 0, 1) whose label changes
+        by_hand = [int((net((x + v).clamp(0, 1)).argmax(1) != net(x).argmax(1)).sum()) / len(x)
+                   for net in (model, modern)]
+    assert m["fooling"][1] == by_hand
 
 
 def test_without_a_run_it_attacks_the_newest_lenet_run_or_says_to_train_one(cli, lenet_run, data_dir, tmp_path):

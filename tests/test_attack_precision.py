@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dlcli.attacks import deepfool, fgsm_direction, fgsm_min_eps
-from dlcli.attacks.universal import fooling_rate
+from dlcli.attacks.universal import fooling_matrix, fooling_rate, universal_perturbation
 
 
 class Recorder(nn.Module):
@@ -34,7 +34,7 @@ def tf32_on():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-@pytest.mark.parametrize("attack", ["deepfool", "fgsm", "universal"])
+@pytest.mark.parametrize("attack", ["deepfool", "fgsm", "universal", "fooling_rate", "fooling_matrix"])
 def test_every_attack_runs_without_tf32_and_restores_it(tf32_on, attack):
     model = Recorder()
     x = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(1))
@@ -42,7 +42,11 @@ def test_every_attack_runs_without_tf32_and_restores_it(tf32_on, attack):
         deepfool(model, x, max_iter=5)
     elif attack == "fgsm":
         fgsm_min_eps(model, x, fgsm_direction(model, x), grid=4, bisect_steps=2)
-    else:
+    elif attack == "universal":  # Algorithm 1 itself: its own predictions, the inner DeepFool, the pass's rate
+        universal_perturbation(model, x, xi=0.5, norm="2", max_passes=1, fold_batch=4)
+    elif attack == "fooling_rate":
         fooling_rate(model, x, torch.full_like(x[0], 0.1))
+    else:  # the cross-model matrix computes each model's clean predictions itself
+        fooling_matrix([model], x, [torch.full_like(x[0], 0.1)])
     assert model.seen and set(model.seen) == {(False, False)}  # every forward pass in full float32
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)  # restored

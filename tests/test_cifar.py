@@ -155,6 +155,14 @@ def make_cifar_like(root: Path, train_per_class: int = 12, test_per_class: int =
     return root
 
 
+def painted_class(x: torch.Tensor) -> torch.Tensor:
+    """The class ``make_cifar_like`` painted each image (N, 3, 32, 32) with, read back from its colour alone:
+    channel c % 3 lifted by 20 * (c // 3 + 1) over the others."""
+    m = x.float().mean((2, 3))
+    lift = m.max(1).values - m.median(1).values
+    return 3 * ((lift / 20).round().long() - 1) + m.argmax(1)
+
+
 @pytest.fixture
 def mini_cifar(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DLCLI_CACHE", str(tmp_path / "cache"))
@@ -173,6 +181,9 @@ def test_cifar10_source_decodes_splits_and_caches(mini_cifar, tmp_path):
     again = load_data("cifar10", {"val_size": 20}, mini_cifar, seed=0)
     assert any("read from the cache" in n for n in again.extra["notes"])
     assert torch.equal(again.train.x, b.train.x) and torch.equal(again.test.y, b.test.y)
+    for bundle in (b, again):  # every image carries its own label (checked on the colours the files were painted)
+        for split in (bundle.train, bundle.val, bundle.test):
+            assert torch.equal(painted_class(split.x), split.y)
     # the pixels are those of the JPEG files, decoded as torchvision decodes one file
     from torchvision.io import decode_jpeg, read_file
     first = sorted((mini_cifar / "cifar10-jpg" / "test" / "c0").glob("*.jpg"))[0]
@@ -192,7 +203,10 @@ def test_cifar10_subsets_for_quick_runs(mini_cifar, tmp_path, val_size):
         assert torch.equal(b.val.x, full.val.x) and torch.equal(b.val.y, full.val.y)
     keep = torch.randperm(40, generator=torch.Generator().manual_seed(20_000 + 3))[:7]
     assert torch.equal(b.test.x, full.test.x[keep]) and torch.equal(b.test.y, full.test.y[keep])
-    assert not list((tmp_path / "cache").glob("cifar10-*.pt"))  # a subset is never cached as CIFAR-10
+    # a subset is never cached as CIFAR-10, also when the cache is on (the default)
+    on = load_data("cifar10", {"val_size": val_size, "train_size": 30, "test_size": 7}, mini_cifar, seed=3)
+    assert any("decoded only the" in n for n in on.extra["notes"]) and torch.equal(on.test.x, b.test.x)
+    assert not list((tmp_path / "cache").glob("cifar10-*.pt"))
     with pytest.raises(UsageError, match="train_size must be in \\[1, 100\\]"):  # a recipe value: exit 2
         load_data("cifar10", {"val_size": 20, "train_size": 101, "cache": False}, mini_cifar, seed=0)
 

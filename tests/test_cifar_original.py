@@ -137,11 +137,12 @@ def test_damaged_or_doctored_batches_are_refused(tmp_path, monkeypatch):
 def test_nothing_there_and_offline_is_one_sentence_naming_both_copies(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10
 
-    def must_not_download(self):
+    def must_not_download(*args, **kwargs):
         raise AssertionError("download attempted although no server answered")
 
     monkeypatch.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)
     monkeypatch.setattr(CIFAR10, "download", must_not_download)
+    monkeypatch.setattr(dc, "stream", must_not_download)  # dlcli's own download (CIFAR10.download is never used)
     with pytest.raises(DlcliError) as e:
         load_data("cifar10", {}, tmp_path, seed=0)
     msg = str(e.value)

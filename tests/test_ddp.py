@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dlcli.checkpoint import load_checkpoint
 
@@ -54,10 +55,18 @@ def test_two_processes_equal_one_and_ctrl_c_on_one_rank_stops_both(tmp_path, dat
     assert len(runs) == 1  # rank 0 chose the folder, rank 1 used it
     ck = load_checkpoint(runs[0] / "last.pt")
     assert (ck["epoch"], ck["step"]) == (1, 2)  # both ranks stopped after the same step
+    # A marker only the checkpoint carries: the wall time of the interrupted segment, set to 1,000 s. A resume
+    # adds it to its own time; a run that silently retrained from scratch (the same weights: CPU training is
+    # deterministic) would not
+    raw = torch.load(runs[0] / "last.pt", weights_only=True)
+    raw["elapsed_s"] = 1000.0
+    torch.save(raw, runs[0] / "last.pt")
     resumed = _dlcli(["train", "--resume", str(runs[0]), "--nproc-per-node", "2", "--json"], tmp_path, data_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     out = json.loads(resumed.stdout)  # rank 0 alone printed one JSON document
     assert out["header"]["world_size"] == 2 and Path(out["run_dir"]).name == runs[0].name
+    assert out["header"]["resumed_at"] == "epoch 2, step 2"
+    assert 1000 < out["final"]["train_time_s"] < 1000 + 300  # the checkpoint's segment plus this one
     # interrupted and resumed on two processes = one process throughout: same global batch, loss normalised by
     # it, DDP averaging; float32 reduction order is the only difference (a resume that lost the data order, an
     # optimiser state or a step would differ by orders of magnitude more)

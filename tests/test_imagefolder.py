@@ -60,10 +60,17 @@ def test_eval_images_are_resized_then_centre_cropped(folder):
 
 
 def test_a_test_folder_is_scored_apart_from_val(folder):
-    make_folder(folder / "test_src")
+    from torchvision.io import decode_jpeg, read_file
+    from torchvision.transforms.v2 import functional as TF
+
+    make_folder(folder / "test_src", val_per_class=3, size=(36, 48))  # images of their own, 3 per class
     (folder / "test_src" / "val").rename(folder / "test")
     b = load_data("imagefolder", {"path": str(folder), "size": 32, "resize": 32}, None, seed=0)
-    assert b.test is not b.val and len(b.test) == 6
+    assert b.test is not b.val and len(b.test) == 9 and len(b.val) == 6
+    assert b.test.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for split, got in (("test", b.test.x[7]), ("val", b.val.x[5])):  # fox/1.jpg: each split's own file's pixels
+        img = decode_jpeg(read_file(str(folder / split / "fox" / "1.jpg")))
+        assert torch.equal(got, TF.center_crop(TF.resize(img, [32], antialias=True), [32, 32]))
 
 
 def test_corrupt_and_empty_files_are_skipped_and_counted(folder, capfd):
