@@ -169,6 +169,75 @@ def test_batched_deepfool_matches_a_float64_one_image_reference_over_several_ite
     assert res.fooled.all()
 
 
+def reference_box_deepfool(model: nn.Module, x: torch.Tensor, norm: str, overshoot: float = 0.02,
+                           max_iter: int = 50, step_eps: float = 1e-4) -> tuple[torch.Tensor, list[int]]:
+    """Box-constrained DeepFool spelled out, one image at a time, float64, full Jacobians: each step is the
+    smallest one onto a candidate's linearised boundary that keeps x + (1 + η)·r_tot in [0, 1], found by
+    bisection (``bisect_box_step``, not dlcli's Newton iteration), the candidate with the smallest step taken.
+    Its target carries the reference code's 1e-4 as dlcli defines it for the box (ε times the dual norm of the
+    pixels that can still move); an unreachable boundary sends every pixel to its bound and ranks after every
+    reachable one, by how close it gets. Returns the adversarial images minus x, and the iterations."""
+    m64 = copy.deepcopy(model).double()
+    scale = 1 + overshoot
+    out, iters = [], []
+    for img in x.double():
+        img = img.unsqueeze(0)
+        with torch.no_grad():
+            order = m64(img)[0].argsort(descending=True).tolist()
+        label = order[0]
+        r_tot, x_i, i = torch.zeros_like(img), img.clone(), 0
+        while i < max_iter and int(m64(x_i)[0].argmax()) == label:
+            f = m64(x_i)[0].detach()
+            jac = torch.autograd.functional.jacobian(lambda z: m64(z)[0], x_i)  # (K, 1, C, H, W)
+            lo, hi = (-x_i / scale).flatten(), ((1 - x_i) / scale).flatten()
+            best_key, best_r = float("inf"), None
+            for k in order[1:]:
+                w = (jac[k] - jac[label]).flatten()
+                room = torch.where(w > 0, hi, -lo).clamp_min(0)  # how far each pixel may move w's way
+                movable = (room > 0) & (w != 0)
+                c = abs(float(f[k] - f[label])) + step_eps * float(
+                    w[movable].norm() if norm == "2" else w[movable].abs().sum())
+                reach = float((w.abs() * room).sum())
+                if reach >= c:
+                    r = bisect_box_step(w, c, lo, hi, norm)
+                    key = float(r.norm() if norm == "2" else r.abs().max())
+                else:
+                    r, key = w.sign() * room, UNREACHABLE * (2 - reach / c)
+                if key < best_key:
+                    best_key, best_r = key, r
+            r_tot = r_tot + best_r.view_as(img)
+            x_i = (img + scale * r_tot).clamp(0, 1)
+            i += 1
+        out.append((x_i - img)[0])
+        iters.append(i)
+    return torch.stack(out), iters
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+@pytest.mark.parametrize("images", ["black-and-white", "bands"])
+def test_box_mode_matches_a_float64_one_image_reference_over_several_iterations(norm, images):
+    """Where the box binds, over several iterations: dlcli's batched box mode (Newton steps, candidate pruning,
+    images leaving the batch as they flip) against the plain loop above. Black-and-white images: every pixel
+    starts at a bound, as most of an MNIST digit's do. Bands: two black rows and a white one beside grey
+    pixels, which the steps carry onto a bound."""
+    model = relu_net(3)
+    x = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(14))
+    if images == "black-and-white":
+        x = (x > 0.5).float()
+    else:
+        x[:, :, :2], x[:, :, 3] = 0.0, 1.0
+    ref, ref_iters = reference_box_deepfool(model, x, norm)
+    res = deepfool(model, x, norm=norm, clip="box", refine=0, batch_size=10)  # the iteration itself, 3 chunks
+    assert res.iterations.tolist() == ref_iters
+    assert sum(i >= 2 for i in ref_iters) >= 8 and max(ref_iters) >= 3  # several steps, not one linear step
+    free = deepfool(model, x, norm=norm, clip="none").perturbation  # the paper's unconstrained iteration
+    outside = ((x + free < -1e-6) | (x + free > 1 + 1e-6)).flatten(1).any(1)
+    assert outside.sum() >= len(x) // 2  # it leaves [0, 1] for most images: the box binds, it is not idle
+    gap = (res.perturbation.double() - ref).abs().max()
+    assert torch.allclose(res.perturbation.double(), ref, atol=1e-5, rtol=1e-4), gap
+    assert ((x + res.perturbation >= 0) & (x + res.perturbation <= 1)).all() and res.fooled_clipped.all()
+
+
 @pytest.mark.parametrize("norm", ["2", "inf"])
 def test_box_mode_is_the_papers_iteration_when_no_pixel_meets_a_bound(norm):
     model = relu_net(1)
