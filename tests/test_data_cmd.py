@@ -153,6 +153,13 @@ def test_cifar_copies_their_states_and_fetching_the_original_beside_the_jpegs(cl
     (root / "cifar10-jpg").symlink_to(real_cifar() / "cifar10-jpg")
     row = _rows(cli("data", "cifar10", "--data-dir", str(root), "--json"))["cifar10"]
     assert (row["state"], row["copy"]) == ("found", "images")
+    # not named (`dlcli data --download`), found image folders are left alone: only what is missing is fetched
+    with monkeypatch.context() as m:
+        m.setattr(dlcli.download, "any_reachable", lambda urls, timeout=0: False)  # the others fail at once
+        every = cli("data", "--download", "--data-dir", str(root))
+    tried = [ln.split()[1] for ln in every.err.splitlines() if ln.startswith("fetching ")]
+    assert every.code == 1 and tried == ["mnist", "fashion-mnist", "alexnet-imagenet", "resnet18-imagenet",
+                                            "resnet50-imagenet"], every.err
     # named, the download fetches the original even though the JPEG copy is there; then runs read the original
     with serving(_tarball(tmp_path, monkeypatch), monkeypatch):
         res = cli("data", "cifar10", "--download", "--data-dir", str(root), "--json")

@@ -46,10 +46,16 @@ def test_mnist_arrives_whole_from_the_first_mirror_that_serves_it(cli, mnist_gz,
     served, resources = mnist_gz
     monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
     root = tmp_path / "data"
+    asked = []  # every URL the downloader requests, in order
+    real = dlcli.download.stream
+    monkeypatch.setattr(dlcli.download, "stream", lambda url, dest, **kw: (asked.append(url), real(url, dest, **kw)))
     with http_server(served.parent, monkeypatch) as base:
-        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{base}/nowhere/", f"{base}/{served.name}/"])
+        mirrors = [f"{base}/nowhere/", f"{base}/{served.name}/", f"{base}/{served.name}/./"]  # the third serves too
+        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", mirrors)
         res = cli("data", "mnist", "--download", "--data-dir", str(root), "--json")
     assert res.code == 0, res.err
+    # the mirrors in their order, stopping at the first that serves: the third is never asked
+    assert asked == [m + f"{name}.gz" for name in IDX for m in mirrors[:2]], asked
     row = {r["name"]: r for r in res.json()["data_sets"]}["mnist"]
     assert res.json()["fetched"] == ["mnist"] and row["state"] == "found"
     raw = root / "MNIST" / "raw"

@@ -60,8 +60,19 @@ def test_a_run_that_fails_after_a_checkpoint_keeps_it_for_resume(cli, data_dir, 
     one_line(res, 1, "a bug in the first step")
     assert (tmp_path / "run" / "last.pt").is_file()  # epoch 1's checkpoint: resumable
     monkeypatch.undo()
+    from dlcli.tasks.classify import ClassifyTask
+
+    trained, steps = [], ClassifyTask.train_steps  # the epochs (from 0) the resumed process trains itself
+
+    def recorded(self, e, start):
+        trained.append(e)
+        yield from steps(self, e, start)
+
+    monkeypatch.setattr(ClassifyTask, "train_steps", recorded)
     res = cli("train", "--resume", str(tmp_path / "run"), "--data-dir", str(data_dir), "--json")
     assert res.code == 0 and [h["epoch"] for h in res.json()["history"]] == [1, 2], res.err
+    # epoch 1 came from last.pt: a resume that silently retrained from scratch would train [0, 1]
+    assert trained == [1] and res.json()["header"]["resumed_at"] == "epoch 2, step 0", (trained, res.json()["header"])
 
 
 def test_a_gan_without_validation_images_stops_before_training(cli, data_dir, tmp_path):

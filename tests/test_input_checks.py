@@ -77,15 +77,17 @@ def test_linear2d_margin_just_below_the_bound_finishes(no_hang: None) -> None:
     for seed in range(20):  # lines at many angles and offsets: every one leaves room, in one or two draws
         bundle = linear2d(Path("."), seed, n=50, margin=MAX_MARGIN - 1e-3)
         w, b = bundle.extra["true_w"], bundle.extra["true_b"]
+        assert abs(w[0] ** 2 + w[1] ** 2 - 1) < 1e-6  # a unit normal: dist below is the distance to the line
         dist = bundle.train.x[:, 0] * w[0] + bundle.train.x[:, 1] * w[1] + b
         assert len(bundle.train.x) == 50 and bool((dist.abs() >= MAX_MARGIN - 1e-3).all())
+        assert bundle.train.y.tolist() == [1 if d > 0 else -1 for d in dist.tolist()]  # the side of the line
 
 
 # ------------------------------------------------------------------------------------------ seeds (item 5)
 
 
 @pytest.mark.parametrize("argv", [
-    ("train", "perceptron", "--seed", str(SEED_LIMIT), *TRAIN),
+    ("train", "perceptron", "--seed", str(2**32), *TRAIN),
     ("train", "perceptron", "--seed", "-1", *TRAIN),
     ("attack", "universal", "--seed", str(2**70)),
     ("sample", "no-such-run", "--seed", str(2**70)),
@@ -93,7 +95,7 @@ def test_linear2d_margin_just_below_the_bound_finishes(no_hang: None) -> None:
 ])
 def test_seed_options_are_below_2_32(cli, tmp_path: Path, argv: tuple[str, ...]) -> None:
     line = assert_usage_error(cli(*argv), "--seed", tmp_path)
-    assert str(SEED_LIMIT - 1) in line
+    assert "[0, 4294967295]" in line  # 2**32 - 1, written out: not the code's own SEED_LIMIT
 
 
 def test_recipe_seed_is_below_2_32(cli, tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_recipe_seed_is_below_2_32(cli, tmp_path: Path) -> None:
     assert_usage_error(res, "seed", tmp_path)
     recipe = tmp_path / "big-seed.yaml"
     recipe.write_text(f"model: {{name: perceptron}}\ntask: perceptron\ndata: {{source: linear2d}}\n"
-                      f"seed: {SEED_LIMIT}\n",
+                      f"seed: {2**32}\n",
                       encoding="utf-8")
     line = assert_usage_error(cli("show", str(recipe)), "seed", tmp_path)
     assert str(recipe) in line
@@ -113,12 +115,14 @@ def test_largest_seed_fits_every_generator() -> None:
     from dlcli.batches import ImageBatches
     from dlcli.runtime import seed_everything
 
-    check_seed(SEED_LIMIT - 1)
+    assert SEED_LIMIT == 2**32  # numpy's limit; the checks below use the number itself
+    check_seed(2**32 - 1)
+    check_seed(0)
     check_seed(None)
     with pytest.raises(UsageError):
-        check_seed(SEED_LIMIT)
-    seed_everything(SEED_LIMIT - 1)
-    batches = ImageBatches(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4), 2, SEED_LIMIT - 1)
+        check_seed(2**32)
+    seed_everything(2**32 - 1)
+    batches = ImageBatches(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4), 2, 2**32 - 1)
     batches.augment_generator(epoch=100_000, step=2**20 - 1)  # (seed * 1000 + epoch) << 20 stays in int64
     batches.permutation(100_000)
 
