@@ -25,7 +25,7 @@ from dlcli.data_cifar import (
     original_problem,
     tarball_problem,
 )
-from dlcli.download import fetch_file, hash_prefix, hub_checkpoint
+from dlcli.download import fetch_file, file_hash, hash_prefix, hub_checkpoint
 from dlcli.errors import UsageError
 
 #: the real data sets a recipe can name, and their folder under the data root
@@ -116,14 +116,12 @@ def weights_url(name: str) -> str:
 
 
 def _weights_state(name: str) -> tuple[str, str]:
-    import hashlib
-
     url = weights_url(name)
     path = hub_checkpoint(url)
     if not path.is_file():
         return "missing", f"not in the torch hub cache: {path} (from {url})"
     prefix = hash_prefix(path)
-    if prefix and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(prefix):
+    if prefix and not file_hash(path, "sha256").startswith(prefix):
         return "damaged", f"{path}: its SHA-256 does not start with {prefix}, as its name says (a cut download?)"
     return "found", f"{path}: torchvision's ImageNet weights (IMAGENET1K_V1), for model.args.pretrained: true"
 

@@ -6,8 +6,8 @@ its publisher gives), and renames it into place only when complete and correct, 
 download never looks like data. Progress goes to stderr through ``progress_display``, which the command line
 sets to a rich bar (``dlcli.report.download_bar``). Around it, ``guarded`` adds what a command line needs: a
 quick probe, so that a machine without a network fails within seconds instead of stalling in name
-resolution; a socket timeout, so that a stalled transfer fails instead of hanging; and one clear line when
-it cannot work.
+resolution, and one clear line when it cannot work; ``stream``'s socket timeout makes a stalled transfer
+fail instead of hanging.
 
 The bottom of the data modules with ``dlcli.data_core``: it imports neither them nor torch at module level.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -30,9 +29,15 @@ DOWNLOAD_TIMEOUT_S = 60.0  # socket timeout while downloading (a stalled transfe
 CHUNK = 1 << 20  # bytes read, hashed and written at a time
 T = TypeVar("T")
 
+
+@contextlib.contextmanager
+def _no_display(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
 #: ``(label, total bytes or None) -> context manager yielding advance(bytes)``: shows a download's progress.
-#: None (dlcli used as a library): nothing is shown. The command line sets ``dlcli.report.download_bar``.
-progress_display: Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]] | None = None
+#: Silent by default (dlcli used as a library); the command line sets ``dlcli.report.download_bar``.
+progress_display: Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]] = _no_display
 
 
 def any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -68,27 +73,14 @@ def any_reachable(urls: list[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
     return ok.is_set()
 
 
-@contextlib.contextmanager
-def socket_timeout(seconds: float) -> Iterator[None]:
-    import socket
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def guarded(urls: list[str], failure: str, hint: str, action: Callable[[], T]) -> T:
-    """Run the download ``action`` when a server of ``urls`` answers, with a socket timeout and stdout kept
-    clean for ``--json`` (anything printed goes to stderr); otherwise, or when it fails, one ``DlcliError`` line:
-    "<failure> and <reason>; <hint>" (``failure`` says what is not there, ``hint`` which files to put where)."""
+    """Run the download ``action`` when a server of ``urls`` answers; otherwise, or when it fails, one
+    ``DlcliError`` line: "<failure> and <reason>; <hint>" (``failure`` says what is not there, ``hint`` which
+    files to put where). A stalled transfer fails through ``stream``'s socket timeout."""
     reason = None if any_reachable(urls) else "no network: none of its download servers answered"
     if reason is None:
         try:
-            with contextlib.redirect_stdout(sys.stderr), socket_timeout(DOWNLOAD_TIMEOUT_S):
-                return action()
+            return action()
         except DlcliError:  # already one line (e.g. a disk that cannot take the file)
             raise
         except Exception as e:
@@ -132,6 +124,14 @@ def folder_lock(folder: Path, name: str, stale: tuple[str, ...] = ()) -> Iterato
         handle.close()  # releases the lock
 
 
+def file_hash(path: Path, algorithm: str) -> str:
+    """The hex digest (``"md5"`` or ``"sha256"``) of the file at ``path``, read in chunks, not held in memory."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.new(algorithm, usedforsecurity=False)).hexdigest()
+
+
 def _temporary(dest: Path) -> tuple[int, Path]:
     """A new, empty file ``.<name>.<random>.part`` beside ``dest``, created exclusively (two processes never share
     one, even with one PID each in containers on one volume): its descriptor and path."""
@@ -161,11 +161,10 @@ def stream(url: str, dest: Path, *, md5: str | None = None, sha256_prefix: str |
     with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        show = progress_display or _no_display
         got = 0
         fd, part = _temporary(dest)
         try:
-            with open(fd, "wb") as f, show(dest.name, total) as advance:
+            with open(fd, "wb") as f, progress_display(dest.name, total) as advance:
                 while chunk := response.read(CHUNK):
                     f.write(chunk)
                     if digest is not None:
@@ -184,18 +183,12 @@ def stream(url: str, dest: Path, *, md5: str | None = None, sha256_prefix: str |
             part.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _no_display(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    yield lambda n: None
-
-
 def fetch_idx(cls_name: str, raw: Path, what: str, hint: str) -> None:
     """Download the four IDX files of torchvision's ``cls_name`` (MNIST, FashionMNIST) into ``raw``, as torchvision
     would: each ``.gz`` from its first mirror that serves it, MD5 checked, then unpacked beside it. Only the files
     not there yet are fetched; a ``.gz`` already there with the published MD5 (placed by hand, or left by an
     interrupted run) is unpacked without a network. Runs on one folder fetch each file once (a file lock).
     Offline or failing: one line "<what> not found under <raw> and <reason>; <hint>"."""
-    import hashlib
     import http.client
 
     import torchvision.datasets as tvd
@@ -208,7 +201,7 @@ def fetch_idx(cls_name: str, raw: Path, what: str, hint: str) -> None:
             target, packed = raw / filename.removesuffix(".gz"), raw / filename
             if target.is_file():
                 continue
-            have = hashlib.md5(packed.read_bytes(), usedforsecurity=False).hexdigest() if packed.is_file() else None
+            have = file_hash(packed, "md5") if packed.is_file() else None
             if have == md5:
                 _gunzip(packed, target)
                 continue
@@ -258,8 +251,6 @@ def _gunzip(packed: Path, target: Path) -> None:
 def hub_checkpoint(url: str) -> Path:
     """Where torch.hub (and torchvision's ``weights=``) caches the file of ``url``:
     ``<torch.hub.get_dir()>/checkpoints/<the URL's file name>`` (``TORCH_HOME`` moves it)."""
-    import os
-
     import torch.hub
 
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
